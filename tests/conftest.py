@@ -1,0 +1,84 @@
+"""Shared fixtures: tiny random Llama / Gemma-3 decoders, the real data dir, the real model."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import Gemma3ForCausalLM, Gemma3TextConfig, LlamaConfig, LlamaForCausalLM
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+TINY_VOCAB = 1000
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+
+def tiny_llama(seed: int = 0) -> LlamaForCausalLM:
+    torch.manual_seed(seed)
+    config = LlamaConfig(
+        vocab_size=TINY_VOCAB,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        pad_token_id=0,
+        attn_implementation="sdpa",
+    )
+    return LlamaForCausalLM(config).eval()
+
+
+def tiny_gemma(seed: int = 0) -> Gemma3ForCausalLM:
+    """Gemma-3 text model: scaled embeddings, tied head; soft-capping on to cover that path."""
+    torch.manual_seed(seed)
+    config = Gemma3TextConfig(
+        vocab_size=TINY_VOCAB,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=16,
+        max_position_embeddings=512,
+        sliding_window=512,
+        final_logit_softcapping=30.0,
+        pad_token_id=0,
+        attn_implementation="sdpa",
+    )
+    return Gemma3ForCausalLM(config).eval()
+
+
+TINY_MODELS = {"llama": tiny_llama, "gemma": tiny_gemma}
+
+
+@pytest.fixture(params=sorted(TINY_MODELS))
+def tiny_base(request) -> torch.nn.Module:
+    return TINY_MODELS[request.param]()
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> Path:
+    path = Path(os.environ.get("PIPELINE_DATA_DIR", REPO_ROOT.parent / "shared" / "data"))
+    if not path.is_dir():
+        pytest.fail(f"real data directory {path} missing: set PIPELINE_DATA_DIR")
+    return path
+
+
+@pytest.fixture(scope="session")
+def gemma_tokenizer():
+    from pipeline.models import GEMMA_PACKAGE_SOURCE, load_tokenizer
+
+    return load_tokenizer(GEMMA_PACKAGE_SOURCE)
+
+
+@pytest.fixture(scope="session")
+def gemma_fp32():
+    from pipeline.models import GEMMA_PACKAGE_SOURCE, load_model
+
+    return load_model(GEMMA_PACKAGE_SOURCE, dtype="float32", attention="sdpa")

@@ -1,0 +1,244 @@
+"""Behaviour of the PT / DePT / ADePT wrapper on tiny random Llama and Gemma-3 models."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from peft import PromptTuningConfig as PeftPromptTuningConfig
+from peft import get_peft_model
+
+from pipeline.methods import ADePT, ADePTConfig, DePT, PromptTuning, SoftPromptModel
+from tests.helpers import perturb, random_batch
+
+M = 8
+
+
+def make(method, base, **kw) -> SoftPromptModel:
+    if method is DePT:
+        kw.setdefault("max_length", 32)
+    return method(base, num_virtual_tokens=M, **kw)
+
+
+def test_adept_at_init_equals_pt(tiny_base) -> None:
+    adept = make(ADePT, copy.deepcopy(tiny_base))
+    pt = make(PromptTuning, tiny_base)
+    with torch.no_grad():
+        pt.prompt.copy_(adept.prompt)
+    input_ids, mask = random_batch()
+    adept.train()  # dropout on: the offset is still exactly zero (B = b = 0)
+    assert torch.equal(adept.logits(input_ids, mask), pt.logits(input_ids, mask))
+
+
+@pytest.mark.parametrize("method", [PromptTuning, DePT, ADePT])
+def test_only_adapter_trains_and_base_is_bit_identical(tiny_base, method) -> None:
+    model = make(method, tiny_base)
+    before_base = {k: v.clone() for k, v in model.base.state_dict().items()}
+    before_adapter = {k: v.clone() for k, v in model.adapter_state_dict().items()}
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable == set(before_adapter)
+    assert all(not n.startswith("base.") for n in trainable)
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    input_ids, mask = random_batch()
+    labels = input_ids.masked_fill(torch.arange(12) < 9, -100)
+    model.train()
+    for _ in range(3):
+        optimizer.zero_grad()
+        model(input_ids, mask, labels=labels).loss.backward()
+        assert all(p.grad is None for p in model.base.parameters())
+        optimizer.step()
+    for k, v in model.base.state_dict().items():
+        assert torch.equal(v, before_base[k]), k
+    for k, v in model.adapter_state_dict().items():
+        assert not torch.equal(v, before_adapter[k]), f"{k} never moved"
+
+
+@pytest.mark.parametrize("method", [DePT, ADePT])
+def test_offset_changes_outputs_once_trained(tiny_base, method) -> None:
+    model = make(method, tiny_base).eval()
+    input_ids, mask = random_batch()
+    untouched = model.logits(input_ids, mask)
+    perturb(model.offset)
+    assert (model.logits(input_ids, mask) - untouched).abs().max() > 1e-3
+
+
+def test_fold_matches_unfolded(tiny_base) -> None:
+    model = make(ADePT, tiny_base).eval()
+    perturb(model)
+    input_ids, mask = random_batch()
+    unfolded = model.logits(input_ids, mask)
+    model.fold()
+    assert model.folded_embeddings.shape == (1000, 64)
+    torch.testing.assert_close(model.logits(input_ids, mask), unfolded, rtol=0, atol=1e-5)
+    # the head still uses the original (tied) table
+    assert not torch.equal(model.folded_embeddings, model.base.get_input_embeddings().weight)
+    model.train()
+    with pytest.raises(RuntimeError, match="folded model is for inference"):
+        model.logits(input_ids, mask)
+    model.unfold()
+    torch.testing.assert_close(model.eval().logits(input_ids, mask), unfolded, rtol=0, atol=0)
+
+
+def test_fold_refuses_other_methods(tiny_base) -> None:
+    with pytest.raises(TypeError, match="only ADePT folds"):
+        make(PromptTuning, tiny_base).fold()
+
+
+@pytest.mark.parametrize("method", [PromptTuning, DePT, ADePT])
+def test_padding_side_does_not_change_answer_logprobs(tiny_base, method) -> None:
+    model = make(method, tiny_base).eval()
+    perturb(model)
+    g = torch.Generator().manual_seed(7)
+    rows = [torch.randint(5, 1000, (n,), generator=g) for n in (7, 12, 10)]
+    answer_len = 2
+
+    def unpadded(row):
+        target = torch.zeros(1, len(row), dtype=torch.bool)
+        target[0, -answer_len:] = True
+        return model(row[None], None, target_mask=target).logprobs[0]
+
+    reference = torch.stack([unpadded(r) for r in rows])
+    width = max(len(r) for r in rows)
+    for side in ("left", "right"):
+        ids = torch.zeros(len(rows), width, dtype=torch.long)
+        mask = torch.zeros_like(ids)
+        target = torch.zeros_like(ids, dtype=torch.bool)
+        for i, row in enumerate(rows):
+            start = width - len(row) if side == "left" else 0
+            ids[i, start : start + len(row)] = row
+            mask[i, start : start + len(row)] = 1
+            target[i, start + len(row) - answer_len : start + len(row)] = True
+        out = model(ids, mask, target_mask=target)
+        torch.testing.assert_close(out.logprobs, reference, rtol=0, atol=1e-5, msg=side)
+        assert out.num_tokens.tolist() == [answer_len] * 3
+
+
+def test_head_runs_only_on_target_rows_contiguously(tiny_base) -> None:
+    model = make(ADePT, tiny_base).eval()
+    seen: list[tuple[tuple[int, ...], bool]] = []
+    head = model.base.get_output_embeddings()
+    hook = head.register_forward_hook(
+        lambda _m, args, _out: seen.append((tuple(args[0].shape), args[0].is_contiguous()))
+    )
+    input_ids, mask = random_batch(batch=4, length=20)
+    target = torch.zeros_like(input_ids, dtype=torch.bool)
+    target[:, -3:] = True
+    model(input_ids, mask, target_mask=target)
+    hook.remove()
+    assert seen == [((12, 64), True)]
+
+
+def test_scores_equal_full_logit_log_softmax(tiny_base) -> None:
+    model = make(ADePT, tiny_base).eval()
+    perturb(model)
+    input_ids, mask = random_batch()
+    target = torch.zeros_like(input_ids, dtype=torch.bool)
+    target[:, -2:] = True
+    scores = model(input_ids, mask, target_mask=target).logprobs
+    logp = model.logits(input_ids, mask).log_softmax(-1)
+    manual = sum(logp[:, t - 1].gather(-1, input_ids[:, t : t + 1]).squeeze(-1) for t in (10, 11))
+    torch.testing.assert_close(scores, manual, rtol=0, atol=1e-5)
+
+
+def test_labels_loss_is_mean_token_nll(tiny_base) -> None:
+    model = make(PromptTuning, tiny_base).eval()
+    input_ids, mask = random_batch()
+    labels = input_ids.clone()
+    labels[:, :10] = -100
+    out = model(input_ids, mask, labels=labels)
+    torch.testing.assert_close(out.loss, -out.logprobs.sum() / 6)
+
+
+def test_pt_matches_peft_prompt_tuning(tiny_base) -> None:
+    ours = make(PromptTuning, copy.deepcopy(tiny_base)).eval()
+    peft_model = get_peft_model(
+        tiny_base, PeftPromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=M)
+    ).eval()
+    with torch.no_grad():
+        peft_model.prompt_encoder["default"].embedding.weight.copy_(ours.prompt)
+    input_ids, mask = random_batch()
+    peft_logits = peft_model(input_ids=input_ids, attention_mask=mask).logits[:, M:]
+    torch.testing.assert_close(ours.logits(input_ids, mask), peft_logits, rtol=1e-5, atol=1e-5)
+
+
+def test_dropout_only_in_training_mode(tiny_base) -> None:
+    model = make(ADePT, tiny_base, dropout=0.5)
+    perturb(model.offset, scale=0.5)
+    input_ids, mask = random_batch()
+    model.train()
+    torch.manual_seed(0)
+    a = model.logits(input_ids, mask)
+    b = model.logits(input_ids, mask)
+    assert (a - b).abs().max() > 1e-4
+    model.eval()
+    torch.testing.assert_close(
+        model.logits(input_ids, mask), model.logits(input_ids, mask), rtol=0, atol=0
+    )
+    # eval mode is exactly the deterministic FFN: e + B·relu(A e + a) + b
+    emb = model.base.get_input_embeddings()(input_ids)
+    ffn = model.offset
+    manual = emb + ffn.up(torch.relu(ffn.down(emb)))
+    torch.testing.assert_close(ffn(emb), manual, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("method", [PromptTuning, DePT, ADePT])
+def test_save_load_round_trip(tiny_base, tmp_path, method) -> None:
+    fresh = copy.deepcopy(tiny_base)
+    model = make(method, tiny_base).eval()
+    perturb(model)
+    out = model.save_adapter(tmp_path / "adapter")
+    assert sorted(p.name for p in out.iterdir()) == [
+        "adapter_config.json",
+        "adapter_model.safetensors",
+    ]
+    assert (out / "adapter_model.safetensors").stat().st_size < 100_000  # adapter only, no base
+    loaded = SoftPromptModel.from_pretrained(fresh, out).eval()
+    assert type(loaded) is method
+    assert loaded.config == model.config
+    for k, v in model.adapter_state_dict().items():
+        assert torch.equal(loaded.adapter_state_dict()[k], v), k
+    input_ids, mask = random_batch()
+    torch.testing.assert_close(
+        loaded.logits(input_ids, mask), model.logits(input_ids, mask), rtol=0, atol=0
+    )
+
+
+def test_load_refuses_mismatched_width(tmp_path) -> None:
+    from tests.conftest import tiny_llama
+
+    model = make(ADePT, tiny_llama())
+    model.save_adapter(tmp_path / "a")
+    wide = tiny_llama()
+    wide.config.hidden_size = 128
+    with pytest.raises(ValueError, match="embedding width 64"):
+        SoftPromptModel.from_pretrained(wide, tmp_path / "a")
+
+
+def test_prompt_init_from_vocab_and_text(tiny_base) -> None:
+    emb = tiny_base.get_input_embeddings()
+    model = make(ADePT, tiny_base)
+    assert torch.all(model.prompt.norm(dim=-1) > 0)
+    # every prompt row is a real (distinct) token embedding
+    table = emb(torch.arange(1000)).float()
+    matches = (model.prompt[:, None, :] - table[None]).abs().amax(-1) == 0
+    assert matches.any(-1).all() and len(set(matches.float().argmax(-1).tolist())) == M
+
+    class Tok:  # minimal tokenizer stand-in returning fixed ids for the text
+        def __call__(self, text, add_special_tokens=False):
+            return {"input_ids": [11, 12, 13]}
+
+    texted = ADePT(
+        tiny_base,
+        ADePTConfig(num_virtual_tokens=M, rank=4, prompt_init="text", prompt_init_text="classify"),
+        tokenizer=Tok(),
+    )
+    expected = emb(torch.tensor([11, 12, 13, 11, 12, 13, 11, 12])).float()
+    assert torch.equal(texted.prompt.detach(), expected)
+
+
+def test_dept_rejects_inputs_longer_than_table(tiny_base) -> None:
+    model = make(DePT, tiny_base, max_length=8)
+    input_ids, mask = random_batch(length=9)
+    with pytest.raises(ValueError, match="max_length=8"):
+        model.logits(input_ids, mask)
