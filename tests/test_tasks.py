@@ -1,0 +1,104 @@
+"""Task files, quirks, split protocol, truncation and metrics on the real GLUE/SuperGLUE files."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from pipeline.tasks import TASKS, DataError, Encoder, get_task, load_task_splits
+from pipeline.tasks.metrics import METRICS
+from pipeline.tasks.readers import read_jsonl, read_tsv
+
+# (task, train, dev, test) sizes under the DePT/ADePT protocol
+SIZES = {
+    "boolq": (9427, 1635, 1635),
+    "rte": (2490, 138, 139),
+    "cb": (250, 28, 28),
+    "copa": (400, 50, 50),
+    "wic": (5428, 319, 319),
+    "sst2": (66349, 1000, 872),
+    "mrpc": (3668, 204, 204),
+    "cola": (8551, 521, 522),
+    "stsb": (5749, 750, 750),
+}
+
+
+@pytest.mark.parametrize("name", sorted(TASKS))
+def test_protocol_splits_and_labels(name: str, data_dir, gemma_tokenizer) -> None:
+    task = get_task(name)
+    splits = load_task_splits(task, data_dir, {})
+    assert tuple(len(splits[s][0]) for s in ("train", "dev", "test")) == SIZES[name]
+    dev_ids = {r["_line"] for r in splits["dev"][0]}
+    test_ids = {r["_line"] for r in splits["test"][0]}
+    if task.protocol == "small":
+        assert not dev_ids & test_ids  # disjoint halves of the validation file
+    encoded = Encoder(task, gemma_tokenizer, 256).encode(splits["test"][0][:40], "test")
+    n = len(task.choices_for(task.normalise(splits["test"][0][0], "test")))
+    assert all(len(choices) == n for choices in encoded["choice_ids"])
+    assert all(0 <= label < n for label in encoded["label"])
+    assert all(
+        len(c) + max(map(len, ch)) <= 256
+        for c, ch in zip(encoded["context_ids"], encoded["choice_ids"], strict=True)
+    )
+
+
+def test_file_quirks(data_dir) -> None:
+    mrpc = get_task("mrpc").files["train"].read(data_dir)
+    assert "label" in mrpc[0] and "sentence1" in mrpc[0]  # BOM stripped from 'Quality'
+    cola = get_task("cola").files["validation"].read(data_dir)
+    assert len(cola) == 1043 and cola[-1]["label"] in ("0", "1")  # no header, no final newline
+    boolq = read_jsonl(data_dir / "superglue/boolq/val.jsonl")
+    assert isinstance(boolq[0]["answer"], bool)
+    assert read_tsv(data_dir / "glue/sst2/dev.tsv")[0]["sentence"].endswith(" ")
+
+
+def test_truncation_shortens_passage_only(data_dir, gemma_tokenizer) -> None:
+    task = get_task("boolq")
+    rows, source = load_task_splits(task, data_dir, {"train": 20})["train"]
+    encoded = Encoder(task, gemma_tokenizer, 64).encode(rows, source)
+    assert any(encoded["truncated"])
+    for row, ids in zip(rows, encoded["context_ids"], strict=True):
+        assert len(ids) <= 63
+        text = gemma_tokenizer.decode(ids)
+        assert text.endswith(f"\nQuestion: {row['question']}?\nAnswer:")  # question kept whole
+
+
+def test_template_longer_than_max_length(data_dir, gemma_tokenizer) -> None:
+    task = get_task("boolq")
+    rows, source = load_task_splits(task, data_dir, {"train": 2})["train"]
+    with pytest.raises(DataError, match=r"task\.max_length=8 is shorter than the template"):
+        Encoder(task, gemma_tokenizer, 8).encode(rows, source)
+
+
+def test_bad_rows_name_file_and_line(tmp_path, gemma_tokenizer) -> None:
+    path = tmp_path / "superglue" / "rte"
+    path.mkdir(parents=True)
+    good = '{"premise": "a", "hypothesis": "b", "label": "entailment"}\n'
+    (path / "train.jsonl").write_text(good + '{"premise": "a", broken\n')
+    (path / "val.jsonl").write_text(good * 4)
+    with pytest.raises(DataError, match=r"train.jsonl: line 2: malformed JSON"):
+        load_task_splits(get_task("rte"), tmp_path, {})
+    (path / "train.jsonl").write_text(good + good.replace("entailment", "maybe"))
+    task = get_task("rte")
+    rows, source = load_task_splits(task, tmp_path, {})["train"]
+    with pytest.raises(DataError, match=r"train.jsonl: line 2: label 'maybe' is not one of"):
+        Encoder(task, gemma_tokenizer, 64).encode(rows, source)
+
+
+def test_unknown_task_and_missing_dir(tmp_path) -> None:
+    with pytest.raises(KeyError, match="unknown task 'nope'; known: boolq"):
+        get_task("nope")
+    with pytest.raises(DataError, match="does not exist"):
+        load_task_splits(get_task("rte"), tmp_path / "missing", {})
+
+
+def test_metrics_values() -> None:
+    assert METRICS["accuracy"]([1, 0, 1, 1], [1, 0, 0, 1]) == 0.75
+    assert METRICS["f1"]([1, 0, 1, 1], [1, 0, 0, 1]) == pytest.approx(0.8)
+    assert METRICS["mcc"]([1, 0, 1, 0], [1, 0, 1, 0]) == 1.0
+    assert METRICS["macro_f1"]([0, 1, 2], [0, 1, 1]) == pytest.approx((1 + 2 / 3 + 0) / 3)
+    assert METRICS["pearson"]([1, 2, 3], [2, 4, 6]) == pytest.approx(1.0)
+    assert METRICS["spearman"]([1, 2, 3], [3, 2, 1]) == pytest.approx(-1.0)
+    assert METRICS["pearson"]([1, 1, 1], [1, 2, 3]) == 0.0
+    assert not math.isnan(METRICS["mcc"]([1, 1], [1, 1]))
