@@ -82,3 +82,33 @@ def gemma_fp32():
     from pipeline.models import GEMMA_PACKAGE_SOURCE, load_model
 
     return load_model(GEMMA_PACKAGE_SOURCE, dtype="float32", attention="sdpa")
+
+
+def save_tiny_gemma_with_real_tokenizer(path: Path) -> Path:
+    """A tiny random Gemma-3 with the real Gemma tokenizer's vocabulary, as a local model dir."""
+    from pipeline.models import GEMMA_PACKAGE_SOURCE, load_tokenizer
+
+    tokenizer = load_tokenizer(GEMMA_PACKAGE_SOURCE)
+    torch.manual_seed(0)
+    config = Gemma3TextConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=16,
+        max_position_embeddings=1024,
+        sliding_window=512,
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+    )
+    Gemma3ForCausalLM(config).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    return save_tiny_gemma_with_real_tokenizer(tmp_path_factory.mktemp("tiny-gemma"))

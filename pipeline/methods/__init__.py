@@ -34,6 +34,7 @@ from .model import (
     PromptTuning,
     SoftPromptModel,
     SoftPromptOutput,
+    ZeroShot,
     wrap,
 )
 
@@ -52,6 +53,7 @@ __all__ = [
     "SoftPromptConfig",
     "SoftPromptModel",
     "SoftPromptOutput",
+    "ZeroShot",
     "adept_params",
     "adept_rank",
     "config_from_dict",

@@ -49,6 +49,18 @@ class SoftPromptOutput:
     num_tokens: torch.Tensor
 
 
+class SoftPrompt(nn.Module):
+    """The m×d trainable prompt. Its own module (forward returns a tensor) so engines that
+    gather partitioned parameters around module calls (DeepSpeed ZeRO-3) see it."""
+
+    def __init__(self, init: torch.Tensor) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(init)
+
+    def forward(self, batch: int, dtype: torch.dtype) -> torch.Tensor:
+        return self.weight.to(dtype).unsqueeze(0).expand(batch, -1, -1)
+
+
 def build_offset(config: SoftPromptConfig, d: int) -> nn.Module | None:
     if isinstance(config, ADePTConfig):
         return TokenFFNOffset(config, d)
@@ -69,6 +81,7 @@ class SoftPromptModel(nn.Module):
         *,
         tokenizer: Any = None,
         budget_tokens: int = 100,
+        register_base: bool = True,
         _init_prompt: bool = True,
         **fields: Any,
     ) -> None:
@@ -89,7 +102,10 @@ class SoftPromptModel(nn.Module):
                 )
             config = self.config_class(**fields)
         base.requires_grad_(False)
-        self.base = base
+        if register_base:
+            self.base = base
+        else:  # the base stays outside this module's parameters (e.g. an int8 base under ZeRO)
+            object.__setattr__(self, "base", base)
         self.config = config
         self.embedding_dim = d
         self.vocab_size = text_config.vocab_size
@@ -101,15 +117,20 @@ class SoftPromptModel(nn.Module):
             prompt = init_prompt(config, embedding, self.vocab_size, tokenizer)
         else:
             prompt = torch.empty(config.num_virtual_tokens, d)
-        self.prompt = nn.Parameter(prompt.to(device))
+        self.soft_prompt: SoftPrompt | None = SoftPrompt(prompt.to(device))
         offset = build_offset(config, d)
         self.offset = offset.to(device) if offset is not None else None
         self.folded_embeddings: torch.Tensor | None = None
 
     # ----------------------------------------------------------------- introspection
     @property
+    def prompt(self) -> nn.Parameter | None:
+        """The (m, d) prompt parameter; None for the zero-shot model."""
+        return None if self.soft_prompt is None else self.soft_prompt.weight
+
+    @property
     def num_virtual_tokens(self) -> int:
-        return self.config.num_virtual_tokens
+        return 0 if self.soft_prompt is None else self.config.num_virtual_tokens
 
     def num_trainable_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters() if p.requires_grad)
@@ -145,7 +166,9 @@ class SoftPromptModel(nn.Module):
             if self.offset is not None:
                 embeds = self.offset(embeds, token_positions)
         batch, m = input_ids.shape[0], self.num_virtual_tokens
-        prompt = self.prompt.to(embeds.dtype).unsqueeze(0).expand(batch, -1, -1)
+        if m == 0:  # zero-shot: the base model alone, through the same code path
+            return embeds, attention_mask, token_positions
+        prompt = self.soft_prompt(batch, embeds.dtype)
         inputs_embeds = torch.cat([prompt, embeds], dim=1)
         prompt_mask = attention_mask.new_ones(batch, m)
         full_mask = torch.cat([prompt_mask, attention_mask], dim=1)
@@ -197,6 +220,8 @@ class SoftPromptModel(nn.Module):
         hidden = self.hidden_states(input_ids, attention_mask)
         rows, cols = torch.nonzero(target_mask, as_tuple=True)
         # token t is predicted by the hidden state one to its left; t=0 by the last prompt vector
+        if self.num_virtual_tokens == 0 and bool((cols == 0).any()):
+            raise ValueError("without a prompt the first token cannot be a target")
         picked = hidden[rows, cols + self.num_virtual_tokens - 1]
         logprobs = self.lm_head(picked).log_softmax(-1)
         token_logprobs = logprobs.gather(-1, targets[rows, cols].unsqueeze(-1)).squeeze(-1)
@@ -205,6 +230,18 @@ class SoftPromptModel(nn.Module):
         counts = torch.bincount(rows, minlength=batch)
         loss = -token_logprobs.mean() if token_logprobs.numel() else None
         return SoftPromptOutput(loss=loss, logprobs=per_row, num_tokens=counts)
+
+    def next_token_logprobs(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """(B, V) log-probs of the token after each row's last real token (any padding side)."""
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        hidden = self.hidden_states(input_ids, attention_mask)
+        width = attention_mask.shape[1]
+        last = width - 1 - attention_mask.flip(1).long().argmax(1)
+        rows = torch.arange(input_ids.shape[0], device=input_ids.device)
+        return self.lm_head(hidden[rows, last + self.num_virtual_tokens]).log_softmax(-1)
 
     def logits(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None
@@ -232,13 +269,22 @@ class SoftPromptModel(nn.Module):
         return self
 
     # ----------------------------------------------------------------- save / load
-    def save_adapter(self, directory: str | os.PathLike, extra: dict[str, Any] | None = None):
-        """Write adapter_config.json + adapter_model.safetensors atomically (never the base)."""
+    def save_adapter(
+        self,
+        directory: str | os.PathLike,
+        extra: dict[str, Any] | None = None,
+        state: dict[str, torch.Tensor] | None = None,
+    ) -> Path:
+        """Write adapter_config.json + adapter_model.safetensors atomically (never the base).
+
+        ``state``: the adapter tensors when they live elsewhere (gathered from ZeRO-3 shards).
+        """
         directory = Path(directory)
         directory.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
         try:
-            tensors = {k: v.contiguous().cpu() for k, v in self.adapter_state_dict().items()}
+            state = self.adapter_state_dict() if state is None else state
+            tensors = {k: v.contiguous().cpu() for k, v in state.items()}
             save_file(tensors, tmp / ADAPTER_WEIGHTS_NAME, metadata={"format": "pt"})
             meta = {
                 "format_version": ADAPTER_FORMAT_VERSION,
@@ -246,7 +292,7 @@ class SoftPromptModel(nn.Module):
                 "embedding_dim": self.embedding_dim,
                 "vocab_size": self.vocab_size,
                 "base_model": getattr(self.base.config, "_name_or_path", None),
-                "trainable_parameters": self.num_trainable_parameters(),
+                "trainable_parameters": self.expected_trainable_parameters(),
                 **(extra or {}),
             }
             (tmp / ADAPTER_CONFIG_NAME).write_text(json.dumps(meta, indent=2, sort_keys=True))
@@ -286,6 +332,14 @@ class SoftPromptModel(nn.Module):
         return model
 
 
+class ZeroShot(SoftPromptModel):
+    """The frozen base model alone (no prompt, no offset): the zero-shot baseline."""
+
+    def __init__(self, base: nn.Module) -> None:
+        super().__init__(base, PromptTuningConfig(num_virtual_tokens=1), _init_prompt=False)
+        self.soft_prompt = None
+
+
 class PromptTuning(SoftPromptModel):
     """Vanilla prompt tuning; ``PromptTuning(base, num_virtual_tokens=100)``."""
 
@@ -311,6 +365,14 @@ METHOD_MODELS: dict[str, type[SoftPromptModel]] = {
 }
 
 
-def wrap(base: nn.Module, config: SoftPromptConfig, tokenizer: Any = None) -> SoftPromptModel:
-    """Wrap ``base`` with the method named by ``config``."""
-    return METHOD_MODELS[config.method](base, config, tokenizer=tokenizer)
+def wrap(
+    base: nn.Module, config: SoftPromptConfig, tokenizer: Any = None, register_base: bool = True
+) -> SoftPromptModel:
+    """Wrap ``base`` with the method named by ``config``.
+
+    ``register_base=False`` keeps the base out of ``parameters()``/``state_dict()``, so an engine
+    wrapping this module (DeepSpeed with an 8-bit base) owns only the adapter.
+    """
+    return METHOD_MODELS[config.method](
+        base, config, tokenizer=tokenizer, register_base=register_base
+    )

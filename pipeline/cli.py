@@ -1,0 +1,181 @@
+"""The ``pipeline`` command: run, validate, predict."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+
+import yaml
+
+from .config import ConfigError, PipelineConfig, load_config
+from .runner import STAGES, Runner, StageError
+
+log = logging.getLogger("pipeline")
+EXIT_USAGE = 2  # bad config / input: the message says what to fix
+
+
+def _known_errors() -> tuple[type[BaseException], ...]:
+    from .methods import BudgetError
+    from .models import ModelLoadError
+    from .tasks import DataError
+    from .tracking import TrackingError
+
+    return (
+        ConfigError,
+        TrackingError,
+        StageError,
+        DataError,
+        ModelLoadError,
+        BudgetError,
+        FileNotFoundError,
+        FloatingPointError,
+        PermissionError,
+        ValueError,
+    )
+
+
+def _stages(arg: str | None) -> tuple[str, ...]:
+    if not arg:
+        return STAGES
+    return tuple(s.strip() for s in arg.split(",") if s.strip())
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    config = load_config(args.config, args.set)
+    runner = Runner(config)
+    results = runner.run(_stages(args.stages), force=args.force)
+    print_summary(config, results)
+    return 0
+
+
+def print_summary(config: PipelineConfig, results) -> None:
+    print(f"\n== {config.name}  (config {config.config_hash})  {config.run_dir}")
+    for r in results:
+        print(f"  {r.stage:<9} {r.status:<6} {r.seconds:8.1f}s  {r.path}")
+    metrics_file = config.run_dir / "evaluate" / "metrics.json"
+    if metrics_file.is_file():
+        metrics = json.loads(metrics_file.read_text())
+        for name in ("adapter", "zero_shot"):
+            if name in metrics:
+                shown = ", ".join(f"{k}={v:.4f}" for k, v in metrics[name].items())
+                print(f"  test {name:<9} {shown}  ({metrics['rows']} rows)")
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    from .planning import plan
+
+    config = load_config(args.config, args.set)
+    planned = plan(config)
+    print("# resolved config")
+    print(yaml.safe_dump(config.to_dict(), sort_keys=False).rstrip())
+    print(f"# config hash: {config.config_hash}")
+    b = planned["budget"]
+    print(
+        f"\n# budget ({planned['model']['source']}, d={planned['model']['hidden_size']}, "
+        f"{planned['model']['parameters']:,} params, dims from {planned['model']['spec_from']})"
+    )
+    print(
+        f"method={b['method']} m={b['m']} r={b['r']} trainable={b['trainable']:,} "
+        f"PT budget={b['pt_budget']:,} ({b['fraction_of_pt_budget']:.2%})"
+    )
+    print("\n# stage plan")
+    for stage, status in Runner(config).plan().items():
+        print(f"{stage:<9} {status}")
+    if config.distributed.deepspeed:
+        from .distributed import ds_config_path, fill_ds_config
+
+        ds = fill_ds_config(config, config.distributed.world_size)
+        mode = (
+            "b: int8 base replicated outside ZeRO, engine owns the adapter only"
+            if config.model.load_in_8bit
+            else "a: whole model under ZeRO"
+        )
+        print(f"\n# deepspeed ({ds_config_path(config)}; mode {mode})")
+        print(
+            f"zero stage {ds['zero_optimization']['stage']}, global batch "
+            f"{ds['train_batch_size']} = {ds['train_micro_batch_size_per_gpu']} micro × "
+            f"{ds['gradient_accumulation_steps']} accumulation × {config.distributed.world_size}"
+            f" ranks, bf16={ds.get('bf16', {}).get('enabled')}"
+        )
+    mem = planned["memory"]
+    print(f"\n# memory plan (world size {mem['world_size']})")
+    print(f"frozen weights per rank:  {mem['frozen_weight_bytes_per_rank'] / 2**30:.2f} GiB")
+    print(f"trainable parameters:     {mem['trainable_parameters']:,}")
+    print(f"optimizer state per rank: {mem['optimizer_state_bytes_per_rank'] / 2**20:.2f} MiB")
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from .predict import Predictor
+    from .tasks.readers import read_jsonl
+
+    rows = [{k: v for k, v in r.items() if k != "_line"} for r in read_jsonl(Path(args.input))]
+    results = Predictor(args.run).predict(rows, batch_size=args.batch_size)
+    lines = "".join(json.dumps(result) + "\n" for result in results)
+    if args.output:
+        Path(args.output).write_text(lines)
+    else:
+        sys.stdout.write(lines)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="pipeline", description="ADePT fine-tuning pipeline")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def with_config(p: argparse.ArgumentParser) -> None:
+        p.add_argument("config", help="YAML config file")
+        p.add_argument(
+            "--set",
+            action="append",
+            default=[],
+            metavar="KEY.PATH=VALUE",
+            help="override a config value (repeatable)",
+        )
+
+    run = sub.add_parser("run", help="run the stages (cached stages are skipped)")
+    with_config(run)
+    run.add_argument("--stages", help=f"comma-separated subset of {','.join(STAGES)}")
+    run.add_argument("--force", action="store_true", help="re-run stages even when cached")
+    run.set_defaults(func=cmd_run)
+
+    validate = sub.add_parser("validate", help="check config, print budget, stage and memory plan")
+    with_config(validate)
+    validate.set_defaults(func=cmd_validate)
+
+    predict = sub.add_parser("predict", help="score JSONL rows with a trained adapter")
+    predict.add_argument("run", help="run directory or export directory")
+    predict.add_argument("--input", required=True, help="JSONL rows with the task's fields")
+    predict.add_argument("--output", help="write JSONL here instead of stdout")
+    predict.add_argument("--batch-size", type=int, default=16)
+    predict.set_defaults(func=cmd_predict)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+    )
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    from .training import Preempted
+
+    try:
+        return args.func(args)
+    except Preempted as exc:
+        print(f"preempted: {exc}", file=sys.stderr)
+        return Preempted.exit_code
+    except _known_errors() as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,253 @@
+"""The YAML schema (pydantic), ``--set`` overrides, and the stable config hash.
+
+Unknown keys and wrong types are errors naming the key path, e.g.
+``train.lr_prompt: expected float, got 'fast'``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from .methods import ADePTConfig, BudgetError, DePTConfig, PromptTuningConfig, solve_rank
+from .methods.config import SoftPromptConfig
+
+
+class ConfigError(ValueError):
+    """A configuration problem; the message names the file and key path."""
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ModelSection(Section):
+    source: str = Field("gemma3-270m", description="Hub id, local directory, or 'gemma3-270m'.")
+    dtype: Literal["float32", "bfloat16", "float16"] = "bfloat16"
+    attention: Literal["auto", "sdpa", "eager", "flash_attention_2"] = "auto"
+    load_in_8bit: bool = Field(False, description="Frozen base in 8-bit via bitsandbytes.")
+
+
+class MethodSection(Section):
+    name: Literal["prompt_tuning", "dept", "adept"] = "adept"
+    num_virtual_tokens: int = Field(60, gt=0, description="m (PT: L).")
+    budget_tokens: int = Field(100, gt=0, description="PT budget L the rank is solved against.")
+    rank: int | None = Field(None, gt=0, description="r; solved from the budget when null.")
+    dropout: float = Field(0.1, ge=0, lt=1)
+    alpha: float = Field(8.0, gt=0, description="DePT offset scale numerator.")
+    prompt_init: Literal["vocab", "text"] = "vocab"
+    prompt_init_text: str | None = None
+
+
+class TaskSection(Section):
+    name: str = "boolq"
+    data_dir: str | None = Field(
+        None,
+        description="Local data root laid out like shared/data; else $PIPELINE_DATA_DIR, "
+        "else the Hugging Face hub.",
+    )
+    max_length: int = Field(256, gt=0, description="Max input tokens (context + answer).")
+    train_limit: int | None = Field(None, gt=0)
+    dev_limit: int | None = Field(None, gt=0)
+    test_limit: int | None = Field(None, gt=0)
+
+
+class TrainSection(Section):
+    steps: int = Field(300, gt=0)
+    batch_size: int = Field(8, gt=0, description="Micro batch per rank.")
+    grad_accum: int = Field(1, gt=0)
+    lr_prompt: float = Field(3e-1, gt=0)
+    lr_offset: float = Field(1e-4, gt=0, description="FFN / low-rank learning rate.")
+    warmup_steps: int = Field(30, ge=0)
+    weight_decay: float = Field(0.0, ge=0)
+    max_grad_norm: float = Field(1.0, gt=0)
+    eval_every: int = Field(100, gt=0)
+    log_every: int = Field(10, gt=0)
+    checkpoint_every: int = Field(50, gt=0)
+    seed: int = 42
+
+
+class EvalSection(Section):
+    batch_size: int = Field(16, gt=0)
+    zero_shot: bool = Field(True, description="Also score the base model without an adapter.")
+
+
+class DistributedSection(Section):
+    nproc_per_node: int = Field(1, gt=0)
+    nnodes: int = Field(1, gt=0)
+    deepspeed: bool = False
+    zero_stage: Literal[0, 1, 2, 3] = 3
+    ds_config: str | None = None
+
+    @property
+    def world_size(self) -> int:
+        return self.nproc_per_node * self.nnodes
+
+
+class TrackingSection(Section):
+    uri: str | None = Field(None, description="MLflow URI; default sqlite under the run dir.")
+    experiment: str = "adept"
+
+
+class ExportSection(Section):
+    fold: bool = Field(False, description="Also write ADePT's folded input-embedding table.")
+    register_model: bool = Field(True, description="Register the adapter in the MLflow registry.")
+    registered_model_name: str | None = Field(None, description="Default: the run name.")
+    alias: str = Field("champion", description="Alias set on the new version.")
+
+
+class PipelineConfig(Section):
+    name: str = Field(..., min_length=1, description="Run name: outputs go to output_dir/name.")
+    output_dir: str = "runs"
+    model: ModelSection = ModelSection()
+    method: MethodSection = MethodSection()
+    task: TaskSection = TaskSection()
+    train: TrainSection = TrainSection()
+    eval: EvalSection = EvalSection()
+    distributed: DistributedSection = DistributedSection()
+    tracking: TrackingSection = TrackingSection()
+    export: ExportSection = ExportSection()
+
+    @field_validator("name")
+    @classmethod
+    def _safe_name(cls, value: str) -> str:
+        if "/" in value or value.startswith("."):
+            raise ValueError("must be a plain directory name (no '/', not starting with '.')")
+        return value
+
+    @model_validator(mode="after")
+    def _supported_combination(self) -> PipelineConfig:
+        method, dist = self.method, self.distributed
+        if method.name != "prompt_tuning" and method.num_virtual_tokens >= method.budget_tokens:
+            raise ValueError(
+                f"method.num_virtual_tokens={method.num_virtual_tokens} must be smaller than "
+                f"method.budget_tokens={method.budget_tokens}"
+            )
+        if dist.world_size > 1 and not dist.deepspeed:
+            raise ValueError(
+                f"distributed: {dist.world_size} ranks need distributed.deepspeed: true "
+                "(data parallelism runs through DeepSpeed)"
+            )
+        if self.export.fold and method.name != "adept":
+            raise ValueError(
+                f"export.fold: only ADePT folds into the embedding table, "
+                f"method.name is {method.name!r}"
+            )
+        if self.model.load_in_8bit and self.model.dtype == "float32" and dist.deepspeed:
+            raise ValueError(
+                "model.load_in_8bit with distributed.deepspeed needs model.dtype bfloat16 or "
+                "float16 (int8 matmuls compute in 16-bit); set model.dtype: bfloat16"
+            )
+        return self
+
+    # ------------------------------------------------------------------ derived values
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.output_dir) / self.name
+
+    def data_dir(self) -> Path | None:
+        root = self.task.data_dir or os.environ.get("PIPELINE_DATA_DIR")
+        return Path(root) if root else None
+
+    def method_config(self, hidden_size: int) -> SoftPromptConfig:
+        """The methods' dataclass config, with the rank solved for this model width."""
+        m = self.method
+        common = {
+            "num_virtual_tokens": m.num_virtual_tokens,
+            "prompt_init": m.prompt_init,
+            "prompt_init_text": m.prompt_init_text,
+            "seed": self.train.seed,
+        }
+        if m.name == "prompt_tuning":
+            return PromptTuningConfig(**common)
+        try:
+            rank = m.rank or solve_rank(
+                m.name, m.budget_tokens, m.num_virtual_tokens, hidden_size, self.task.max_length
+            )
+        except BudgetError as exc:
+            raise ConfigError(f"method: {exc}") from exc
+        if m.name == "dept":
+            return DePTConfig(**common, rank=rank, alpha=m.alpha, max_length=self.task.max_length)
+        return ADePTConfig(**common, rank=rank, dropout=m.dropout)
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+    def section_hash(self, *sections: str) -> str:
+        """Stable hash of some sections (a stage's inputs); all sections when none given."""
+        data = self.to_dict()
+        picked = {k: data[k] for k in sections} if sections else data
+        blob = json.dumps(picked, sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+    @property
+    def config_hash(self) -> str:
+        return self.section_hash()
+
+
+def _format_error(exc: ValidationError, source: str) -> str:
+    lines = []
+    for err in exc.errors():
+        path = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        if err["type"] == "extra_forbidden":
+            lines.append(f"{path}: unknown key")
+        elif err["type"] in (
+            "float_parsing",
+            "int_parsing",
+            "bool_parsing",
+            "float_type",
+            "int_type",
+            "bool_type",
+            "string_type",
+        ):
+            expected = err["type"].split("_")[0].replace("string", "str")
+            lines.append(f"{path}: expected {expected}, got {err.get('input')!r}")
+        else:
+            lines.append(f"{path}: {err['msg']}")
+    return f"{source}: invalid config\n  " + "\n  ".join(lines)
+
+
+def parse_override(item: str) -> tuple[list[str], Any]:
+    """``a.b=value`` → (['a', 'b'], YAML-parsed value)."""
+    if "=" not in item:
+        raise ConfigError(f"--set {item!r}: expected KEY.PATH=VALUE")
+    key, raw = item.split("=", 1)
+    if not key.strip():
+        raise ConfigError(f"--set {item!r}: empty key")
+    return key.strip().split("."), yaml.safe_load(raw) if raw.strip() else None
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    for item in overrides:
+        path, value = parse_override(item)
+        node = data
+        for part in path[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"--set {item!r}: {part} is not a section")
+        node[path[-1]] = value
+    return data
+
+
+def load_config(path: str | os.PathLike, overrides: list[str] | None = None) -> PipelineConfig:
+    """Read YAML (safe loader), apply ``--set`` overrides, validate."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: top level must be a mapping")
+    data = apply_overrides(data, overrides or [])
+    try:
+        return PipelineConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_format_error(exc, str(path))) from None

@@ -1,0 +1,73 @@
+"""Score new rows with an exported adapter (``pipeline predict`` and the MLflow pyfunc)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from .evaluation import predict_from_scores
+from .methods import SoftPromptModel
+from .models import load_model, load_tokenizer
+from .scoring import score_choices
+from .tasks import Encoder, get_task
+
+TASK_FILE = "task.json"
+
+
+def find_export_dir(path: str | Path) -> Path:
+    """Accept a run directory, its export directory, or anything holding task.json + adapter/."""
+    path = Path(path)
+    for candidate in (path / "export", path):
+        if (candidate / TASK_FILE).is_file() and (candidate / "adapter").is_dir():
+            return candidate
+    raise FileNotFoundError(
+        f"{path}: not a run or export directory (expected export/{TASK_FILE} and export/adapter/)"
+    )
+
+
+class Predictor:
+    """Loads base model + adapter once; ``predict(rows)`` gives label and per-label scores."""
+
+    def __init__(self, export_dir: str | Path, model_source: str | None = None) -> None:
+        self.export_dir = find_export_dir(export_dir)
+        self.description: dict[str, Any] = json.loads((self.export_dir / TASK_FILE).read_text())
+        model_cfg = self.description["model"]
+        source = model_source or model_cfg["source"]
+        self.task = get_task(self.description["task"])
+        self.tokenizer = load_tokenizer(source)
+        base = load_model(
+            source, model_cfg["dtype"], model_cfg["attention"], model_cfg["load_in_8bit"]
+        )
+        self.model = SoftPromptModel.from_pretrained(base, self.export_dir / "adapter").eval()
+        self.encoder = Encoder(self.task, self.tokenizer, self.description["max_length"])
+
+    def predict(self, rows: list[dict[str, Any]], batch_size: int = 16) -> list[dict[str, Any]]:
+        encoded = self.encoder.encode(
+            [dict(r, _line=i + 1) for i, r in enumerate(rows)], "input", labelled=False
+        )
+        scores = score_choices(
+            self.model,
+            encoded["context_ids"],
+            encoded["choice_ids"],
+            self.tokenizer.pad_token_id,
+            batch_size,
+        )
+        out = []
+        for row, row_scores in zip(rows, scores, strict=True):
+            choices = [
+                c.strip()
+                for c in self.task.choices_for(
+                    self.task.normalise(dict(row), "input", labelled=False)
+                )
+            ]
+            index, value = predict_from_scores(self.task, row_scores)
+            result = {
+                "label": choices[index],
+                "label_index": index,
+                "scores": dict(zip(choices, row_scores, strict=True)),
+            }
+            if self.task.choice_values is not None:
+                result["value"] = value
+            out.append(result)
+        return out

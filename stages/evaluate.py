@@ -1,0 +1,44 @@
+"""Evaluate: rank classification on the test split (the paper's protocol), plus zero-shot.
+
+Inputs:  tokenize/test, train/best_adapter.
+Outputs: ``metrics.json`` (test metrics of the trained adapter and, when eval.zero_shot, of the
+         base model alone through the same code), ``predictions.jsonl`` (per-row choice scores).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import datasets
+from tqdm.auto import tqdm
+
+from pipeline.evaluation import evaluate_dataset
+from pipeline.methods import SoftPromptModel, ZeroShot
+from pipeline.runner import RunContext, write_json_atomic
+from pipeline.tasks import get_task
+
+
+def run(ctx: RunContext) -> dict[str, Any]:
+    cfg = ctx.config
+    task = get_task(cfg.task.name)
+    tokenizer, base = ctx.tokenizer(), ctx.base_model()
+    test = datasets.load_from_disk(str(ctx.input_dir("tokenize") / "test"))
+    adapter_dir = ctx.input_dir("train") / "best_adapter"
+
+    models = {"adapter": SoftPromptModel.from_pretrained(base, adapter_dir)}
+    if cfg.eval.zero_shot:
+        models["zero_shot"] = ZeroShot(base)
+    results: dict[str, Any] = {"task": task.name, "split": "test", "rows": len(test)}
+    for name, model in models.items():
+        with tqdm(total=len(test), desc=f"evaluate {name}", unit="row", mininterval=5) as bar:
+            metrics, rows = evaluate_dataset(
+                model, task, test, tokenizer.pad_token_id, cfg.eval.batch_size, bar
+            )
+        results[name] = metrics
+        if name == "adapter":
+            with open(ctx.work_dir / "predictions.jsonl", "w") as f:
+                f.writelines(json.dumps(r) + "\n" for r in rows)
+        ctx.log_metrics({f"test/{name}/{k}": v for k, v in metrics.items()}, None)
+    write_json_atomic(ctx.work_dir / "metrics.json", results)
+    return {k: v for k, v in results.items() if k in ("adapter", "zero_shot")}

@@ -1,0 +1,36 @@
+"""Shard: a deterministic split of the training rows into one shard per data-parallel rank.
+
+Inputs:  tokenize/train.
+Outputs: ``shards.json``: ``world_size``, the per-rank micro batch, and per rank the row indices
+         it trains on. Shards are interleaved by batch: the k-th batch of every rank together is
+         one global batch, exactly the rows one process with batch ``batch_size × world_size``
+         sees, so results do not depend on the number of ranks. Rows that do not fill a last
+         global batch are dropped.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import datasets
+
+from pipeline.runner import RunContext, write_json_atomic
+from pipeline.training import interleaved_shards
+
+
+def run(ctx: RunContext) -> dict[str, Any]:
+    world = ctx.config.distributed.world_size
+    batch = ctx.config.train.batch_size
+    rows = len(datasets.load_from_disk(str(ctx.input_dir("tokenize") / "train")))
+    if rows < batch * world:
+        raise ValueError(
+            f"{rows} training rows cannot fill one global batch of {batch} × {world} ranks; "
+            "lower train.batch_size or raise task.train_limit"
+        )
+    shards = interleaved_shards(rows, batch, world, ctx.config.train.seed)
+    write_json_atomic(
+        ctx.work_dir / "shards.json",
+        {"world_size": world, "batch_size": batch, "rows": rows, "shards": shards},
+    )
+    per_rank = len(shards[0])
+    return {"world_size": world, "per_rank": per_rank, "dropped": rows - world * per_rank}

@@ -1,0 +1,56 @@
+"""Tokenize: task rows → context and choice token ids, saved with ``datasets.save_to_disk``.
+
+Inputs:  the task's files under the data directory (task.data_dir / $PIPELINE_DATA_DIR) or the hub.
+Outputs: ``train/``, ``dev/``, ``test/`` datasets (context_ids, choice_ids, label, gold,
+         truncated) and ``stats.json``.
+Setup:   load the tokenizer, read and split the rows with the paper's protocol.
+Run:     a batched ``datasets.map`` with the fast tokenizer; over-long rows lose passage tokens,
+         never question or answer tokens.
+Raises:  DataError naming the file and line for malformed rows or labels outside the verbaliser.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import datasets
+
+from pipeline.runner import RunContext, write_json_atomic
+from pipeline.tasks import Encoder, get_task, load_task_splits
+
+
+def run(ctx: RunContext) -> dict[str, Any]:
+    cfg = ctx.config
+    task = get_task(cfg.task.name)
+    limits = {"train": cfg.task.train_limit, "dev": cfg.task.dev_limit, "test": cfg.task.test_limit}
+    splits = load_task_splits(task, cfg.data_dir(), limits)
+    encoder = Encoder(task, ctx.tokenizer(), cfg.task.max_length)
+
+    stats: dict[str, Any] = {"task": task.name, "max_length": cfg.task.max_length}
+    for split, (rows, source) in splits.items():
+        table = datasets.Dataset.from_list(rows)
+
+        def encode(batch: dict[str, list], source: str = source) -> dict[str, list]:
+            records = [
+                dict(zip(batch, values, strict=True))
+                for values in zip(*batch.values(), strict=True)
+            ]
+            return encoder.encode(records, source)
+
+        encoded = table.map(
+            encode,
+            batched=True,
+            batch_size=1000,
+            remove_columns=table.column_names,
+            desc=f"tokenize {split}",
+        )
+        encoded.save_to_disk(str(ctx.work_dir / split))
+        lengths = [len(c) for c in encoded["context_ids"]]
+        stats[split] = {
+            "rows": len(encoded),
+            "truncated": int(sum(encoded["truncated"])),
+            "max_context_tokens": max(lengths),
+            "mean_context_tokens": round(sum(lengths) / len(lengths), 1),
+        }
+    write_json_atomic(ctx.work_dir / "stats.json", stats)
+    return {split: stats[split]["rows"] for split in splits}

@@ -1,0 +1,190 @@
+"""End to end: all five stages on a tiny Gemma-3 (real tokenizer) and small slices of real data."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from pipeline.cli import main
+from pipeline.runner import checksum_tree, read_manifest
+
+REPO = Path(__file__).resolve().parents[1]
+STAGE_NAMES = ["tokenize", "shard", "train", "evaluate", "export"]
+
+
+def write_config(tmp_path: Path, model_dir: Path, **sections) -> Path:
+    config = {
+        "name": "tiny",
+        "output_dir": str(tmp_path / "runs"),
+        "model": {"source": str(model_dir), "dtype": "float32", "attention": "sdpa"},
+        "method": {"name": "adept", "num_virtual_tokens": 4, "budget_tokens": 10},
+        "task": {
+            "name": "boolq",
+            "max_length": 96,
+            "train_limit": 32,
+            "dev_limit": 12,
+            "test_limit": 12,
+        },
+        "train": {"steps": 4, "batch_size": 4, "eval_every": 2, "log_every": 1, "warmup_steps": 1},
+        "eval": {"batch_size": 8},
+    }
+    for key, value in sections.items():
+        config.setdefault(key, {}).update(value)
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory, tiny_model_dir):
+    tmp = tmp_path_factory.mktemp("pipeline")
+    config = write_config(tmp, tiny_model_dir)
+    assert main(["run", str(config)]) == 0
+    return config, tmp / "runs" / "tiny"
+
+
+def statuses(capsys) -> dict[str, str]:
+    out = capsys.readouterr().out
+    return {
+        line.split()[0]: line.split()[1]
+        for line in out.splitlines()
+        if line.strip() and line.split()[0] in STAGE_NAMES
+    }
+
+
+def test_all_stages_write_outputs_and_manifests(finished_run) -> None:
+    _, run = finished_run
+    for stage in STAGE_NAMES:
+        manifest = read_manifest(run / stage)
+        assert manifest is not None, stage
+        assert manifest["outputs"] == checksum_tree(run / stage), stage
+    for split in ("train", "dev", "test"):
+        assert (run / "tokenize" / split / "dataset_info.json").is_file()
+    stats = json.loads((run / "tokenize" / "stats.json").read_text())
+    assert (stats["train"]["rows"], stats["dev"]["rows"], stats["test"]["rows"]) == (32, 12, 12)
+    shards = json.loads((run / "shard" / "shards.json").read_text())
+    assert sorted(shards["shards"][0]) == list(range(32))
+    history = [json.loads(x) for x in (run / "train" / "history.jsonl").read_text().splitlines()]
+    assert [h["step"] for h in history] == [1, 2, 3, 4]
+    assert all("train/loss" in h and "train/lr_prompt" in h for h in history)
+    assert "dev/accuracy" in history[1] and "dev/accuracy" in history[3]
+    adapter = run / "train" / "best_adapter"
+    assert sorted(p.name for p in adapter.iterdir()) == [
+        "adapter_config.json",
+        "adapter_model.safetensors",
+    ]
+    metrics = json.loads((run / "evaluate" / "metrics.json").read_text())
+    assert metrics["rows"] == 12
+    assert 0 <= metrics["adapter"]["accuracy"] <= 1 and 0 <= metrics["zero_shot"]["accuracy"] <= 1
+    predictions = (run / "evaluate" / "predictions.jsonl").read_text().splitlines()
+    assert len(predictions) == 12
+    task = json.loads((run / "export" / "task.json").read_text())
+    assert task["task"] == "boolq" and task["choices"] == [" no", " yes"]
+    assert (run / "export" / "adapter" / "adapter_model.safetensors").is_file()
+
+
+def test_rerun_is_cached_force_reruns(finished_run, capsys) -> None:
+    config, run = finished_run
+    before = {s: read_manifest(run / s)["finished_at"] for s in STAGE_NAMES}
+    capsys.readouterr()
+    assert main(["run", str(config)]) == 0
+    assert statuses(capsys) == dict.fromkeys(STAGE_NAMES, "cached")
+    assert {s: read_manifest(run / s)["finished_at"] for s in STAGE_NAMES} == before
+    assert main(["run", str(config), "--stages", "shard,train", "--force"]) == 0
+    assert statuses(capsys) == {"shard": "ran", "train": "ran"}
+
+
+def test_set_override_reruns_only_dependent_stages(finished_run, capsys) -> None:
+    config, run = finished_run
+    capsys.readouterr()
+    assert main(["run", str(config), "--set", "train.lr_prompt=0.01"]) == 0
+    assert statuses(capsys) == {
+        "tokenize": "cached",
+        "shard": "cached",
+        "train": "ran",
+        "evaluate": "ran",
+        "export": "ran",
+    }
+    resolved = json.loads((run / "config.resolved.json").read_text())
+    assert resolved["train"]["lr_prompt"] == 0.01
+
+
+def test_evaluate_alone_from_saved_outputs(finished_run, capsys) -> None:
+    config, run = finished_run
+    main(["run", str(config)])  # settle on the file's own config
+    before = json.loads((run / "evaluate" / "metrics.json").read_text())
+    shutil.rmtree(run / "evaluate")
+    capsys.readouterr()
+    assert main(["run", str(config), "--stages", "evaluate"]) == 0
+    assert statuses(capsys) == {"evaluate": "ran"}
+    assert json.loads((run / "evaluate" / "metrics.json").read_text()) == before
+
+
+def test_stage_without_inputs_names_the_missing_stage(tmp_path, tiny_model_dir, capsys) -> None:
+    config = write_config(tmp_path, tiny_model_dir)
+    assert main(["run", str(config), "--stages", "evaluate"]) == 2
+    err = capsys.readouterr().err
+    assert "needs the output of 'tokenize'" in err and "--stages tokenize" in err
+    assert not (tmp_path / "runs" / "tiny" / "evaluate").exists()
+    assert not list((tmp_path / "runs" / "tiny").glob(".evaluate.*"))  # no half-written output
+
+
+def test_predict_matches_evaluate_scores(finished_run, tmp_path, data_dir) -> None:
+    config, run = finished_run
+    main(["run", str(config)])
+    from pipeline.tasks import get_task, load_task_splits
+
+    rows = load_task_splits(get_task("boolq"), data_dir, {"test": 3})["test"][0]
+    inputs = tmp_path / "rows.jsonl"
+    inputs.write_text(
+        "".join(
+            json.dumps({"passage": r["passage"], "question": r["question"]}) + "\n" for r in rows
+        )
+    )
+    out = tmp_path / "pred.jsonl"
+    assert main(["predict", str(run), "--input", str(inputs), "--output", str(out)]) == 0
+    predicted = [json.loads(x) for x in out.read_text().splitlines()]
+    evaluated = [
+        json.loads(x) for x in (run / "evaluate" / "predictions.jsonl").read_text().splitlines()[:3]
+    ]
+    for p, e in zip(predicted, evaluated, strict=True):
+        assert p["label"] in ("no", "yes")
+        assert list(p["scores"].values()) == pytest.approx(e["scores"], abs=1e-5)
+        assert p["label_index"] == e["predicted"]
+
+
+def test_validate_llama7b_plans_offline(capsys) -> None:
+    assert main(["validate", str(REPO / "configs" / "llama7b_boolq.yaml")]) == 0
+    out = capsys.readouterr().out
+    assert "m=60 r=19 trainable=405,523 PT budget=409,600" in out
+    assert "6,738,415,616 params" in out and "built-in spec" in out
+    assert "optimizer state per rank" in out and "world size 8" in out
+    plan = re.findall(r"^(tokenize|shard|train|evaluate|export)\s+(run|cached)$", out, re.M)
+    assert plan == [(s, "run") for s in STAGE_NAMES]
+
+
+def test_every_shipped_config_validates(capsys) -> None:
+    for path in sorted((REPO / "configs").glob("*.yaml")):
+        assert main(["validate", str(path)]) == 0, path
+
+
+def test_config_errors_exit_2_with_key_path(tmp_path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: x\ntrain:\n  lr_prompt: fast\n  stepz: 3\n")
+    proc = subprocess.run(
+        [sys.executable, "-m", "pipeline.cli", "validate", str(bad)],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+    )
+    assert proc.returncode == 2
+    assert "train.lr_prompt: expected float, got 'fast'" in proc.stderr
+    assert "train.stepz: unknown key" in proc.stderr
