@@ -1,0 +1,26 @@
+"""The MLflow pyfunc for an exported adapter (models-from-code: no pickled Python objects).
+
+``mlflow.pyfunc.load_model("models:/NAME@champion").predict(df)`` takes rows with the task's
+fields and returns, per row, the predicted label, its index and every label's score — the same
+code path as ``pipeline predict``.
+"""
+
+from __future__ import annotations
+
+import mlflow
+import pandas as pd
+from mlflow.pyfunc import PythonModel
+
+
+class AdapterModel(PythonModel):
+    def load_context(self, context) -> None:
+        from pipeline.predict import Predictor
+
+        self.predictor = Predictor(context.artifacts["export_dir"])
+
+    def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
+        results = self.predictor.predict(model_input.to_dict(orient="records"))
+        return pd.DataFrame(results)
+
+
+mlflow.models.set_model(AdapterModel())

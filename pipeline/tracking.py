@@ -1,0 +1,222 @@
+"""MLflow tracking: one MLflow run per pipeline run; stages log prefixed metrics and tags.
+
+Choices (documented in the README):
+- Stages are *tagged steps* of one run, not nested runs: metrics are prefixed by what produced
+  them (``train/loss``, ``dev/accuracy``, ``test/adapter/accuracy``) and each stage sets
+  ``stage.<name>`` = ran|cached. A resumed or re-run pipeline continues the same MLflow run (its
+  id is kept in ``<run_dir>/mlflow_run.json``).
+- Default store: ``sqlite:///<output_dir>/mlflow.db`` (the file store is in maintenance mode);
+  the first process creates the schema under a file lock, so parallel array tasks do not race.
+- Only rank 0 logs. An http(s) tracking URI is checked (GET /health) before anything runs.
+- Slurm array tasks tag their run with the array job and task ids, so a sweep is one view.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import logging
+import os
+import subprocess
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+from .config import PipelineConfig
+
+log = logging.getLogger(__name__)
+
+RUN_ID_FILE = "mlflow_run.json"
+SECRET_WORDS = ("token", "password", "secret", "key", "credential")
+REDACTED = "***"
+
+
+class TrackingError(RuntimeError):
+    """The tracking server cannot be used; the message names the URI."""
+
+
+def is_rank_zero() -> bool:
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def redact(data: Any, key: str = "") -> Any:
+    """Replace values whose key looks secret (token, password, key, ...) with ***."""
+    if isinstance(data, dict):
+        return {k: redact(v, k) for k, v in data.items()}
+    if data is not None and any(w in key.lower() for w in SECRET_WORDS):
+        return REDACTED
+    return data
+
+
+def flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out.update(flatten(value, f"{name}."))
+        else:
+            out[name] = value
+    return out
+
+
+def git_commit() -> str:
+    try:
+        return subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+            cwd=Path(__file__).resolve().parent,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def tracking_uri(config: PipelineConfig) -> str:
+    if config.tracking.uri:
+        return config.tracking.uri
+    db = (Path(config.output_dir) / "mlflow.db").resolve()
+    return f"sqlite:///{db}"
+
+
+def check_reachable(uri: str, timeout: float = 5.0) -> None:
+    """Fail fast (seconds, not a hang mid-training) when an http(s) server does not answer."""
+    if not uri.startswith(("http://", "https://")):
+        return
+    try:
+        with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout) as response:
+            if response.status != 200:
+                raise TrackingError(f"MLflow server {uri} answered /health with {response.status}")
+    except (urllib.error.URLError, OSError) as exc:
+        raise TrackingError(
+            f"MLflow tracking server {uri} is unreachable ({exc}); start it or fix tracking.uri"
+        ) from None
+
+
+def ensure_sqlite_schema(uri: str) -> None:
+    """Create the sqlite store once, under a file lock (parallel first use races otherwise)."""
+    if not uri.startswith("sqlite:///"):
+        return
+    db = Path(uri.removeprefix("sqlite:///"))
+    db.parent.mkdir(parents=True, exist_ok=True)
+    with open(db.parent / ".mlflow.db.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        import mlflow
+
+        mlflow.MlflowClient(tracking_uri=uri).search_experiments(max_results=1)
+
+
+class Tracker:
+    """Logs one pipeline run; a no-op on ranks other than 0."""
+
+    def __init__(self, config: PipelineConfig) -> None:
+        self.config = config
+        self.enabled = is_rank_zero()
+        self.uri = tracking_uri(config)
+        self.run_id: str | None = None
+
+    def start(self) -> Tracker:
+        if not self.enabled:
+            return self
+        check_reachable(self.uri)
+        ensure_sqlite_schema(self.uri)
+        import mlflow
+
+        os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+        mlflow.set_tracking_uri(self.uri)
+        mlflow.set_experiment(self.config.tracking.experiment)
+        id_file = self.config.run_dir / RUN_ID_FILE
+        previous = json.loads(id_file.read_text()).get("run_id") if id_file.is_file() else None
+        if previous and not self._run_exists(previous):
+            previous = None
+        run = mlflow.start_run(
+            run_id=previous,
+            run_name=None if previous else self.config.name,
+            log_system_metrics=True,
+        )
+        self.run_id = run.info.run_id
+        from .runner import write_json_atomic
+
+        write_json_atomic(id_file, {"run_id": self.run_id, "tracking_uri": self.uri})
+        if previous is None:
+            self._log_params()
+        mlflow.set_tags(self._tags())
+        return self
+
+    def _run_exists(self, run_id: str) -> bool:
+        import mlflow
+
+        try:
+            mlflow.MlflowClient().get_run(run_id)
+            return True
+        except mlflow.exceptions.MlflowException:
+            return False
+
+    def _log_params(self) -> None:
+        import mlflow
+
+        params = flatten(redact(self.config.to_dict()))
+        params.update({"config_hash": self.config.config_hash, "git_commit": git_commit()})
+        mlflow.log_params({k: "" if v is None else v for k, v in params.items()})
+
+    def _tags(self) -> dict[str, str]:
+        tags = {
+            "pipeline.run_name": self.config.name,
+            "pipeline.task": self.config.task.name,
+            "pipeline.method": self.config.method.name,
+            "pipeline.config_hash": self.config.config_hash,
+        }
+        slurm = {
+            "SLURM_ARRAY_JOB_ID": "slurm.array_job_id",
+            "SLURM_ARRAY_TASK_ID": "slurm.array_task_id",
+            "SLURM_JOB_ID": "slurm.job_id",
+        }
+        tags.update({tag: os.environ[env] for env, tag in slurm.items() if env in os.environ})
+        return tags
+
+    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
+        if self.enabled and self.run_id:
+            import mlflow
+
+            clean = {k.replace("/", "."): float(v) for k, v in metrics.items()}
+            mlflow.log_metrics(clean, step=step)
+
+    def stage_done(self, stage: str, status: str, path: Path) -> None:
+        if not (self.enabled and self.run_id):
+            return
+        import mlflow
+
+        mlflow.set_tag(f"stage.{stage}", status)
+        if status != "ran":
+            return
+        artifacts = {
+            "train": ["train_summary.json", "history.jsonl", "best_adapter"],
+            "evaluate": ["metrics.json"],
+            "export": ["task.json"],
+        }.get(stage, [])
+        for name in artifacts:
+            target = path / name
+            if target.is_dir():
+                mlflow.log_artifacts(str(target), artifact_path=f"{stage}/{name}")
+            elif target.is_file():
+                mlflow.log_artifact(str(target), artifact_path=stage)
+        if stage == "train":
+            from .plots import loss_curve
+
+            png = loss_curve(path / "history.jsonl", path.parent / "loss_curve.png")
+            if png:
+                mlflow.log_artifact(str(png), artifact_path="plots")
+
+    def log_resolved_config(self) -> None:
+        if self.enabled and self.run_id:
+            import mlflow
+
+            mlflow.log_dict(redact(self.config.to_dict()), "config.resolved.json")
+
+    def end(self, status: str = "FINISHED") -> None:
+        if self.enabled and self.run_id:
+            import mlflow
+
+            mlflow.end_run(status=status)

@@ -1,0 +1,140 @@
+"""MLflow tracking and registry, against the embedded sqlite store and a real `mlflow server`."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import mlflow
+import pytest
+
+from pipeline.cli import main
+from tests.services import free_port, mlflow_server
+from tests.test_pipeline import write_config
+
+
+@pytest.fixture(scope="module", params=["sqlite", "server"])
+def tracked_run(request, tmp_path_factory, tiny_model_dir):
+    tmp = tmp_path_factory.mktemp(f"tracked-{request.param}")
+    if request.param == "server":
+        with mlflow_server(tmp) as uri:
+            yield _run(tmp, tiny_model_dir, uri)
+    else:
+        yield _run(tmp, tiny_model_dir, None)
+
+
+def _run(tmp: Path, model_dir: Path, uri: str | None):
+    os.environ["MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL"] = "1"  # short runs still get samples
+    config = write_config(
+        tmp,
+        model_dir,
+        tracking={"uri": uri, "experiment": "tests"},
+        export={"registered_model_name": "tiny-adept", "alias": "champion"},
+    )
+    assert main(["run", str(config)]) == 0
+    uri = uri or f"sqlite:///{(tmp / 'runs' / 'mlflow.db').resolve()}"
+    return config, tmp / "runs" / "tiny", uri
+
+
+def test_run_params_metrics_artifacts(tracked_run) -> None:
+    _, run_dir, uri = tracked_run
+    client = mlflow.MlflowClient(tracking_uri=uri)
+    run_id = json.loads((run_dir / "mlflow_run.json").read_text())["run_id"]
+    run = client.get_run(run_id)
+    assert run.info.status == "FINISHED"
+    params = run.data.params
+    assert params["method.name"] == "adept" and params["train.steps"] == "4"
+    assert len(params["config_hash"]) == 16 and "git_commit" in params
+    assert [m.step for m in client.get_metric_history(run_id, "train.loss")] == [1, 2, 3, 4]
+    assert len(client.get_metric_history(run_id, "dev.accuracy")) == 2
+    for key in (
+        "train.lr_prompt",
+        "train.lr_offset",
+        "train.tokens_per_s",
+        "test.adapter.accuracy",
+        "test.zero_shot.accuracy",
+    ):
+        assert key in run.data.metrics, key
+    assert any(k.startswith("system/cpu_utilization") for k in run.data.metrics), run.data.metrics
+    assert {f"stage.{s}" for s in ("tokenize", "shard", "train", "evaluate", "export")} <= set(
+        run.data.tags
+    )
+    paths = {a.path for a in client.list_artifacts(run_id)}
+    assert {"config.resolved.json", "evaluate", "train", "plots"} <= paths
+    assert {a.path for a in client.list_artifacts(run_id, "plots")} == {"plots/loss_curve.png"}
+    adapter = {Path(a.path).name for a in client.list_artifacts(run_id, "train/best_adapter")}
+    assert adapter == {"adapter_config.json", "adapter_model.safetensors"}
+
+
+def test_registered_version_tags_and_alias(tracked_run) -> None:
+    _, run_dir, uri = tracked_run
+    client = mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri)
+    version = client.get_model_version_by_alias("tiny-adept", "champion")
+    registered = json.loads((run_dir / "export" / "registered.json").read_text())
+    assert str(version.version) == registered["version"]
+    metrics = json.loads((run_dir / "evaluate" / "metrics.json").read_text())["adapter"]
+    assert float(version.tags["test_accuracy"]) == pytest.approx(metrics["accuracy"])
+    assert (
+        version.tags["config_hash"]
+        == json.loads((run_dir / "export" / "task.json").read_text())["config_hash"]
+    )
+
+
+def test_registered_model_loads_in_fresh_process(tracked_run, tmp_path, data_dir) -> None:
+    _, run_dir, uri = tracked_run
+    from pipeline.tasks import get_task, load_task_splits
+
+    rows = load_task_splits(get_task("boolq"), data_dir, {"test": 4})["test"][0]
+    rows_file = tmp_path / "rows.jsonl"
+    rows_file.write_text(
+        "".join(
+            json.dumps({"passage": r["passage"], "question": r["question"]}) + "\n" for r in rows
+        )
+    )
+    expected = tmp_path / "expected.jsonl"
+    assert (
+        main(["predict", str(run_dir), "--input", str(rows_file), "--output", str(expected)]) == 0
+    )
+    script = (
+        "import json, sys, mlflow, pandas as pd\n"
+        f"mlflow.set_tracking_uri({uri!r}); mlflow.set_registry_uri({uri!r})\n"
+        "model = mlflow.pyfunc.load_model('models:/tiny-adept@champion')\n"
+        f"df = pd.read_json({str(rows_file)!r}, lines=True)\n"
+        "print(model.predict(df).to_json(orient='records'))\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=300
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    loaded = json.loads(proc.stdout.strip().splitlines()[-1])
+    ours = [json.loads(x) for x in expected.read_text().splitlines()]
+    assert [r["label"] for r in loaded] == [r["label"] for r in ours]
+    for a, b in zip(loaded, ours, strict=True):
+        assert a["scores"] == pytest.approx(b["scores"], abs=1e-6)
+
+
+def test_rerun_continues_the_same_mlflow_run(tracked_run) -> None:
+    config, run_dir, uri = tracked_run
+    before = json.loads((run_dir / "mlflow_run.json").read_text())["run_id"]
+    args = ["run", str(config)]
+    if uri.startswith("http"):
+        args += ["--set", f"tracking.uri={uri}"]
+    assert main(args) == 0
+    assert json.loads((run_dir / "mlflow_run.json").read_text())["run_id"] == before
+    run = mlflow.MlflowClient(tracking_uri=uri).get_run(before)
+    assert run.data.tags["stage.train"] == "cached"
+
+
+def test_unreachable_server_fails_fast(tmp_path, tiny_model_dir, capsys) -> None:
+    uri = f"http://127.0.0.1:{free_port()}"
+    config = write_config(tmp_path, tiny_model_dir, tracking={"uri": uri})
+    start = time.monotonic()
+    assert main(["run", str(config)]) == 2
+    assert time.monotonic() - start < 15
+    err = capsys.readouterr().err
+    assert uri in err and "unreachable" in err
+    assert not (tmp_path / "runs" / "tiny" / "tokenize").exists()
