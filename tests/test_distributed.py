@@ -1,0 +1,216 @@
+"""Real DeepSpeed on 2 CPU ranks (gloo) with tiny models: ZeRO-3 equivalence, partitioning,
+the 8-bit mode, checkpoints, signal-driven interruption and exact resume."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.test_pipeline import write_config
+
+REPO = Path(__file__).resolve().parents[1]
+ENV = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
+
+
+def pipeline(*args: str, **popen) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "pipeline.cli", *args],
+        cwd=REPO,
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=900,
+        **popen,
+    )
+
+
+def losses(run: Path) -> list[float]:
+    history = (run / "train" / "history.jsonl").read_text().splitlines()
+    return [json.loads(x)["train/loss"] for x in history]
+
+
+def dist_config(tmp: Path, model_dir: Path, world: int, batch: int, steps: int = 4, **extra):
+    sections = {
+        "method": {"dropout": 0.0},
+        "train": {
+            "steps": steps,
+            "batch_size": batch,
+            "eval_every": steps,
+            "log_every": 1,
+            "checkpoint_every": 2,
+            "lr_prompt": 0.05,
+            "lr_offset": 0.01,
+        },
+        "distributed": {"nproc_per_node": world, "deepspeed": world > 1, "zero_stage": 3},
+        "tracking": {"uri": None},
+        "export": {"register_model": False},
+    }
+    for key, value in extra.items():
+        sections.setdefault(key, {}).update(value)
+    return write_config(tmp, model_dir, **sections)
+
+
+def test_zero3_two_ranks_matches_one_process(tmp_path, tiny_model_dir) -> None:
+    single = dist_config(tmp_path / "one", tiny_model_dir, world=1, batch=8)
+    double = dist_config(tmp_path / "two", tiny_model_dir, world=2, batch=4)
+    stages = ["--stages", "tokenize,shard,train"]
+    for config in (single, double):
+        proc = pipeline("run", str(config), *stages)
+        assert proc.returncode == 0, proc.stderr[-4000:]
+    one, two = (
+        losses(tmp_path / "one" / "runs" / "tiny"),
+        losses(tmp_path / "two" / "runs" / "tiny"),
+    )
+    assert len(one) == len(two) == 4
+    # same global batch of 8 rows per step; differences are float reduction order only
+    assert two == pytest.approx(one, abs=2e-4), (one, two)
+    assert one[-1] != one[0]
+    ckpt = tmp_path / "two" / "runs" / "tiny" / ".scratch" / "train" / "checkpoints"
+    latest = sorted(ckpt.glob("step_*"))[-1]
+    size = sum(p.stat().st_size for p in latest.rglob("*") if p.is_file())
+    assert size < 2_000_000  # adapter + optimiser only: the frozen 16.8M-param model is excluded
+    assert (latest / "checksums.json").is_file() and (latest / "rng_rank1.safetensors").is_file()
+
+
+@pytest.mark.parametrize("mode", ["bf16", "int8"])
+def test_zero3_partitions_per_rank(tmp_path, tiny_model_dir, mode) -> None:
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node=2",
+            str(REPO / "tests" / "dist_probe.py"),
+            str(tiny_model_dir),
+            str(tmp_path),
+            mode,
+        ],
+        cwd=REPO,
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    trainable = ranks[0]["trainable"]
+    for info in ranks:
+        assert abs(info["optimizer_partition_elements"] - trainable / 2) <= 1
+        assert all(info["adapter_changed"].values()), info["adapter_changed"]
+        assert all(v == v for v in info["losses"])  # finite
+    if mode == "bf16":  # mode (a): frozen weights partitioned too, about half per rank
+        for info in ranks:
+            assert abs(info["frozen_local_elements"] / info["frozen_total_elements"] - 0.5) < 0.01
+        assert any(n.startswith("base.") for n in ranks[0]["engine_param_names"])
+    else:  # mode (b): the int8 base is outside the engine, replicated, unchanged
+        for info in ranks:
+            assert info["engine_param_names"] == [
+                "offset.down.bias",
+                "offset.down.weight",
+                "offset.up.bias",
+                "offset.up.weight",
+                "soft_prompt.weight",
+            ]
+            assert info["int8_layers"] > 0 and info["base_unchanged"] is True
+            assert info["frozen_total_elements"] == 0
+
+
+def wait_for_step(history: Path, step: int, proc: subprocess.Popen, timeout: float = 600) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and proc.poll() is None:
+        if history.is_file() and any(
+            json.loads(x)["step"] >= step for x in history.read_text().splitlines() if x.strip()
+        ):
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"step {step} never logged (exit {proc.poll()})")
+
+
+@pytest.mark.parametrize("world", [1, 2])
+def test_signal_then_resume_equals_uninterrupted(tmp_path, tiny_model_dir, world) -> None:
+    steps = 30 if world == 1 else 12
+    ref = dist_config(
+        tmp_path / "ref",
+        tiny_model_dir,
+        world=world,
+        batch=2,
+        steps=steps,
+        task={"train_limit": 64},
+    )
+    run = dist_config(
+        tmp_path / "cut",
+        tiny_model_dir,
+        world=world,
+        batch=2,
+        steps=steps,
+        task={"train_limit": 64},
+    )
+    stages = ["--stages", "tokenize,shard,train"]
+    assert pipeline("run", str(ref), *stages).returncode == 0
+    run_dir = tmp_path / "cut" / "runs" / "tiny"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pipeline.cli", "run", str(run), *stages],
+        cwd=REPO,
+        env=ENV,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    wait_for_step(run_dir / ".scratch" / "train" / "history.jsonl", 3, proc)
+    os.killpg(proc.pid, signal.SIGTERM)  # as Slurm does: the whole process group
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 3, err[-3000:]
+    assert "preempted" in err and "checkpoint" in err
+    assert not (run_dir / "train").exists()  # no half-written stage output
+    resumed = pipeline("run", str(run), *stages)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    summary = json.loads((run_dir / "train" / "train_summary.json").read_text())
+    assert summary["resumed_from_step"] is not None and summary["resumed_from_step"] < steps
+    expected = losses(tmp_path / "ref" / "runs" / "tiny")
+    tolerance = 0 if world == 1 else 1e-6
+    assert losses(run_dir) == pytest.approx(expected, abs=tolerance)
+    ref_adapter = tmp_path / "ref" / "runs" / "tiny" / "train" / "best_adapter"
+    assert (run_dir / "train" / "best_adapter" / "adapter_model.safetensors").read_bytes() == (
+        ref_adapter / "adapter_model.safetensors"
+    ).read_bytes()
+
+
+def test_validate_reports_deepspeed_plan_and_rejects_bad_combos(tmp_path, tiny_model_dir):
+    config = dist_config(tmp_path, tiny_model_dir, world=2, batch=4)
+    proc = pipeline("validate", str(config))
+    assert proc.returncode == 0, proc.stderr
+    assert "zero stage 3, global batch 8 = 4 micro × 1 accumulation × 2 ranks" in proc.stdout
+    assert "mode a: whole model under ZeRO" in proc.stdout
+    bad = pipeline("validate", str(config), "--set", "distributed.deepspeed=false")
+    assert bad.returncode == 2 and "need distributed.deepspeed: true" in bad.stderr
+    bad = pipeline("validate", str(config), "--set", "model.load_in_8bit=true")
+    assert bad.returncode == 2 and "set model.dtype: bfloat16" in bad.stderr
+
+
+@pytest.mark.slow
+def test_gemma_zero3_two_ranks(tmp_path, data_dir) -> None:
+    config = write_config(
+        tmp_path,
+        Path("gemma3-270m"),
+        model={"source": "gemma3-270m", "dtype": "bfloat16"},
+        method={"num_virtual_tokens": 60, "budget_tokens": 100},
+        task={"name": "sst2", "max_length": 64, "train_limit": 64, "dev_limit": 8, "test_limit": 8},
+        train={"steps": 3, "batch_size": 2, "eval_every": 3, "lr_prompt": 0.03, "lr_offset": 0.001},
+        distributed={"nproc_per_node": 2, "deepspeed": True},
+        export={"register_model": False},
+    )
+    proc = pipeline("run", str(config), "--stages", "tokenize,shard,train")
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    run = tmp_path / "runs" / "tiny"
+    summary = json.loads((run / "train" / "train_summary.json").read_text())
+    assert summary["world_size"] == 2 and summary["trainable_parameters"] == 63_379
+    assert all(x == x for x in losses(run))
