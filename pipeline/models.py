@@ -57,7 +57,11 @@ def resolve_attention(requested: AttnChoice) -> str:
 
 
 def bitsandbytes_available() -> bool:
-    return importlib.util.find_spec("bitsandbytes") is not None
+    try:
+        import bitsandbytes  # noqa: F401
+    except ImportError:
+        return False
+    return True
 
 
 def gemma_package_dir() -> Path:
@@ -112,11 +116,11 @@ def resolve_source(source: str) -> str:
     return source  # a hub id
 
 
-def load_tokenizer(source: str):
+def load_tokenizer(source: str, token: str | None = None):
     from transformers import AutoTokenizer
 
     try:
-        tokenizer = AutoTokenizer.from_pretrained(resolve_source(source))
+        tokenizer = AutoTokenizer.from_pretrained(resolve_source(source), token=token)
     except OSError as exc:
         raise ModelLoadError(f"cannot load tokenizer from {source!r}: {exc}") from exc
     if tokenizer.pad_token is None:
@@ -131,6 +135,7 @@ def load_model(
     attention: AttnChoice = "auto",
     load_in_8bit: bool = False,
     device: str | None = None,
+    token: str | None = None,
 ) -> torch.nn.Module:
     """Load a frozen causal LM in eval mode. ``source``: hub id, local dir or ``gemma3-270m``."""
     from transformers import AutoModelForCausalLM
@@ -150,7 +155,7 @@ def load_model(
         kwargs["device_map"] = device or ("cuda" if torch.cuda.is_available() else "cpu")
     path = resolve_source(source)
     try:
-        model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+        model = AutoModelForCausalLM.from_pretrained(path, token=token, **kwargs)
     except OSError as exc:
         raise ModelLoadError(f"cannot load model from {source!r}: {exc}") from exc
     if device and not load_in_8bit:
