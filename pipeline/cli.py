@@ -12,7 +12,8 @@ from pathlib import Path
 import yaml
 
 from .config import ConfigError, PipelineConfig, load_config
-from .runner import STAGES, Runner, StageError
+from .distributed import dist_env, is_distributed_launch
+from .runner import STAGES, Runner, StageError, ensure_writable
 
 log = logging.getLogger("pipeline")
 EXIT_USAGE = 2  # bad config / input: the message says what to fix
@@ -21,12 +22,14 @@ EXIT_USAGE = 2  # bad config / input: the message says what to fix
 def _known_errors() -> tuple[type[BaseException], ...]:
     from .methods import BudgetError
     from .models import ModelLoadError
+    from .slurm import SlurmError
     from .tasks import DataError
     from .tracking import TrackingError
 
     return (
         ConfigError,
         TrackingError,
+        SlurmError,
         StageError,
         DataError,
         ModelLoadError,
@@ -44,8 +47,31 @@ def _stages(arg: str | None) -> tuple[str, ...]:
     return tuple(s.strip() for s in arg.split(",") if s.strip())
 
 
+def preflight(config: PipelineConfig) -> None:
+    """Budget and DeepSpeed checks before any stage runs (skipped when the model's dims are
+    not available offline yet; loading reports that case itself)."""
+    from .methods import BudgetError
+    from .planning import model_spec
+
+    try:
+        spec, _ = model_spec(config.model.source)
+    except FileNotFoundError:
+        return
+    try:
+        config.method_config(spec.get_text_config().hidden_size)
+    except BudgetError as exc:
+        raise ConfigError(f"method: {exc}") from None
+    if config.distributed.deepspeed:
+        from .distributed import fill_ds_config
+
+        fill_ds_config(config, config.distributed.world_size)
+
+
 def cmd_run(args: argparse.Namespace) -> int:
-    config = load_config(args.config, args.set)
+    config = load_config(args.config, args.set, args.variant)
+    if not is_distributed_launch() or dist_env()[0] == 0:
+        ensure_writable(config.run_dir)  # cheapest check first: fail before reading any model
+    preflight(config)
     runner = Runner(config)
     results = runner.run(_stages(args.stages), force=args.force)
     print_summary(config, results)
@@ -65,13 +91,34 @@ def print_summary(config: PipelineConfig, results) -> None:
                 print(f"  test {name:<9} {shown}  ({metrics['rows']} rows)")
 
 
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from .slurm import variant_table
+
+    rows = variant_table(args.config, args.set)
+    for index, overrides, run_dir in rows:
+        print(f"{index:>4}  {run_dir}  {' '.join(overrides) or '(base config)'}")
+    print(f"\n--array=0-{len(rows) - 1}")
+    print(f"sbatch --array=0-{len(rows) - 1} slurm/train_llama.sh {args.config}")
+    return 0
+
+
+def cmd_submit(args: argparse.Namespace) -> int:
+    from .slurm import submit
+
+    jobs = submit(args.config, args.set, args.sbatch_arg, args.max_parallel)
+    for stage, job_id in jobs.items():
+        print(f"{stage:<9} job {job_id}")
+    return 0
+
+
 def cmd_validate(args: argparse.Namespace) -> int:
     from .planning import plan
+    from .tracking import redact
 
     config = load_config(args.config, args.set)
     planned = plan(config)
     print("# resolved config")
-    print(yaml.safe_dump(config.to_dict(), sort_keys=False).rstrip())
+    print(yaml.safe_dump(redact(config.to_dict()), sort_keys=False).rstrip())
     print(f"# config hash: {config.config_hash}")
     b = planned["budget"]
     print(
@@ -142,7 +189,23 @@ def build_parser() -> argparse.ArgumentParser:
     with_config(run)
     run.add_argument("--stages", help=f"comma-separated subset of {','.join(STAGES)}")
     run.add_argument("--force", action="store_true", help="re-run stages even when cached")
+    run.add_argument("--variant", type=int, help="run the i-th combination of the sweep: grid")
     run.set_defaults(func=cmd_run)
+
+    sweep = sub.add_parser("sweep", help="list the sweep's variants and the --array range")
+    with_config(sweep)
+    sweep.set_defaults(func=cmd_sweep)
+
+    submit = sub.add_parser("submit", help="submit tokenize, the training array, then evaluate")
+    with_config(submit)
+    submit.add_argument(
+        "--sbatch-arg",
+        action="append",
+        default=[],
+        help="extra sbatch option for every job, e.g. --sbatch-arg=--partition=gpu",
+    )
+    submit.add_argument("--max-parallel", type=int, help="array throttle (%%N)")
+    submit.set_defaults(func=cmd_submit)
 
     validate = sub.add_parser("validate", help="check config, print budget, stage and memory plan")
     with_config(validate)

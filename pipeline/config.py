@@ -7,6 +7,7 @@ Unknown keys and wrong types are errors naming the key path, e.g.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import os
 from pathlib import Path
@@ -29,6 +30,9 @@ class Section(BaseModel):
 
 class ModelSection(Section):
     source: str = Field("gemma3-270m", description="Hub id, local directory, or 'gemma3-270m'.")
+    hub_token: str | None = Field(
+        None, description="Token for gated hub models (else HF_TOKEN); never logged or printed."
+    )
     dtype: Literal["float32", "bfloat16", "float16"] = "bfloat16"
     attention: Literal["auto", "sdpa", "eager", "flash_attention_2"] = "auto"
     load_in_8bit: bool = Field(False, description="Frozen base in 8-bit via bitsandbytes.")
@@ -46,7 +50,7 @@ class MethodSection(Section):
 
 
 class TaskSection(Section):
-    name: str = "boolq"
+    name: str = Field("boolq", description="A task from pipeline/tasks/registry.py.")
     data_dir: str | None = Field(
         None,
         description="Local data root laid out like shared/data; else $PIPELINE_DATA_DIR, "
@@ -56,6 +60,15 @@ class TaskSection(Section):
     train_limit: int | None = Field(None, gt=0)
     dev_limit: int | None = Field(None, gt=0)
     test_limit: int | None = Field(None, gt=0)
+
+    @field_validator("name")
+    @classmethod
+    def _known_task(cls, value: str) -> str:
+        from .tasks import TASKS
+
+        if value not in TASKS:
+            raise ValueError(f"unknown task {value!r}; known: {', '.join(sorted(TASKS))}")
+        return value
 
 
 class TrainSection(Section):
@@ -113,6 +126,10 @@ class PipelineConfig(Section):
     distributed: DistributedSection = DistributedSection()
     tracking: TrackingSection = TrackingSection()
     export: ExportSection = ExportSection()
+    sweep: dict[str, list[Any]] | None = Field(
+        None, description="Grid of KEY.PATH: [values]; `--variant i` runs the i-th combination."
+    )
+    variant: str | None = Field(None, description="Set by --variant; outputs go to variants/.")
 
     @field_validator("name")
     @classmethod
@@ -148,8 +165,15 @@ class PipelineConfig(Section):
 
     # ------------------------------------------------------------------ derived values
     @property
-    def run_dir(self) -> Path:
+    def sweep_dir(self) -> Path:
+        """The run's root: holds the variants and the data they share."""
         return Path(self.output_dir) / self.name
+
+    @property
+    def run_dir(self) -> Path:
+        if self.variant is None:
+            return self.sweep_dir
+        return self.sweep_dir / "variants" / self.variant
 
     def data_dir(self) -> Path | None:
         root = self.task.data_dir or os.environ.get("PIPELINE_DATA_DIR")
@@ -235,8 +259,24 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
     return data
 
 
-def load_config(path: str | os.PathLike, overrides: list[str] | None = None) -> PipelineConfig:
-    """Read YAML (safe loader), apply ``--set`` overrides, validate."""
+def sweep_variants(sweep: dict[str, list[Any]] | None) -> list[list[str]]:
+    """The grid of a ``sweep:`` section as ``--set`` override lists, in YAML key order."""
+    if not sweep:
+        return [[]]
+    for key, values in sweep.items():
+        if not isinstance(values, list) or not values:
+            raise ConfigError(f"sweep.{key}: expected a non-empty list of values")
+    keys = list(sweep)
+    return [
+        [f"{k}={json.dumps(v)}" for k, v in zip(keys, combo, strict=True)]
+        for combo in itertools.product(*(sweep[k] for k in keys))
+    ]
+
+
+def load_config(
+    path: str | os.PathLike, overrides: list[str] | None = None, variant: int | None = None
+) -> PipelineConfig:
+    """Read YAML (safe loader), apply the sweep variant and ``--set`` overrides, validate."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file {path} does not exist")
@@ -246,6 +286,15 @@ def load_config(path: str | os.PathLike, overrides: list[str] | None = None) -> 
         raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: top level must be a mapping")
+    if variant is not None:
+        variants = sweep_variants(data.get("sweep"))
+        if not 0 <= variant < len(variants):
+            raise ConfigError(
+                f"--variant {variant}: {path} has {len(variants)} variant(s), "
+                f"0..{len(variants) - 1}"
+            )
+        data = apply_overrides(data, variants[variant])
+        data["variant"] = f"v{variant:03d}"
     data = apply_overrides(data, overrides or [])
     try:
         return PipelineConfig.model_validate(data)

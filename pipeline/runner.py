@@ -38,6 +38,7 @@ UPSTREAM: dict[str, tuple[str, ...]] = {
     "export": ("tokenize", "train", "evaluate"),
 }
 MANIFEST = "manifest.json"
+SHARED_STAGES = ("tokenize",)
 PREEMPTED_MARKER = "preempted.json"  # written by rank 0 of a stage stopped by a signal
 
 
@@ -81,6 +82,17 @@ def write_json_atomic(path: Path, data: Any) -> None:
     os.replace(tmp, path)
 
 
+def ensure_writable(directory: Path) -> None:
+    """Create ``directory`` and prove it takes files, or fail naming it (before any work)."""
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        probe = directory / f".write-test-{os.getpid()}"
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as exc:
+        raise StageError(f"output directory {directory} is not writable: {exc.strerror}") from None
+
+
 def read_manifest(stage_dir: Path) -> dict[str, Any] | None:
     path = stage_dir / MANIFEST
     if not path.is_file():
@@ -101,6 +113,7 @@ class RunContext:
     stage_key: str = ""
     work_dir: Path = Path()
     tracker: Any = None
+    stage_dir: Callable[[str], Path] | None = None
     _cache: dict[str, Any] = field(default_factory=dict)
 
     def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
@@ -108,7 +121,7 @@ class RunContext:
             self.tracker.log_metrics(metrics, step)
 
     def input_dir(self, stage: str) -> Path:
-        path = self.run_dir / stage
+        path = self.stage_dir(stage) if self.stage_dir else self.run_dir / stage
         if read_manifest(path) is None:
             raise StageError(
                 f"stage {self.stage!r} needs the output of {stage!r}, but {path} has no complete "
@@ -130,7 +143,8 @@ class RunContext:
     def tokenizer(self):
         from .models import load_tokenizer
 
-        return self.memo("tokenizer", lambda: load_tokenizer(self.config.model.source))
+        m = self.config.model
+        return self.memo("tokenizer", lambda: load_tokenizer(m.source, m.hub_token))
 
     def base_model(self):
         from .models import load_model
@@ -138,7 +152,7 @@ class RunContext:
         m = self.config.model
         return self.memo(
             "base_model",
-            lambda: load_model(m.source, m.dtype, m.attention, m.load_in_8bit),
+            lambda: load_model(m.source, m.dtype, m.attention, m.load_in_8bit, token=m.hub_token),
         )
 
 
@@ -183,6 +197,23 @@ class RunLock:
             self.handle.close()
 
 
+class BlockingLock:
+    """An exclusive flock that waits (for shared stages produced by whichever task is first)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def __enter__(self) -> BlockingLock:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.handle = open(self.path, "a")
+        fcntl.flock(self.handle, fcntl.LOCK_EX)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        fcntl.flock(self.handle, fcntl.LOCK_UN)
+        self.handle.close()
+
+
 class Runner:
     """Runs the requested stages in order, skipping those whose manifest matches."""
 
@@ -190,12 +221,27 @@ class Runner:
         self.config = config
         self.run_dir = config.run_dir
         self.track = track
-        self.context = RunContext(config=config, run_dir=self.run_dir)
+        self.context = RunContext(config=config, run_dir=self.run_dir, stage_dir=self.stage_dir)
+
+    def stage_dir(self, stage: str) -> Path:
+        """Where a stage's output lives. Sweep variants share tokenized data: it sits under the
+        sweep's root, keyed by the tokenize key (variants of different tasks do not collide)."""
+        if stage in SHARED_STAGES and self.config.variant is not None:
+            key = self.stage_key(stage)[0]
+            return self.config.sweep_dir / "shared" / f"{stage}-{key}"
+        return self.run_dir / stage
+
+    def stage_lock(self, stage: str):
+        """Shared stages are produced once: concurrent array tasks wait for the first."""
+        if stage not in SHARED_STAGES or self.config.variant is None:
+            return contextlib.nullcontext()
+        shared = self.stage_dir(stage)
+        return BlockingLock(shared.parent / f".{shared.name}.lock")
 
     def stage_key(self, stage: str) -> tuple[str, dict[str, str]]:
         inputs = {}
         for upstream in UPSTREAM[stage]:
-            manifest = read_manifest(self.run_dir / upstream)
+            manifest = read_manifest(self.stage_dir(upstream))
             inputs[upstream] = manifest["digest"] if manifest else "missing"
         blob = json.dumps(
             {"stage": stage, "config": stage_key_inputs(self.config, stage), "inputs": inputs},
@@ -204,7 +250,7 @@ class Runner:
         return hashlib.sha256(blob.encode()).hexdigest()[:16], inputs
 
     def is_cached(self, stage: str) -> bool:
-        manifest = read_manifest(self.run_dir / stage)
+        manifest = read_manifest(self.stage_dir(stage))
         return manifest is not None and manifest.get("key") == self.stage_key(stage)[0]
 
     def plan(self, stages: tuple[str, ...] = STAGES) -> dict[str, str]:
@@ -219,10 +265,14 @@ class Runner:
 
     def run_stage(self, stage: str, force: bool = False) -> StageResult:
         """Run one stage unless cached. Only rank 0 writes outputs and the manifest."""
+        with self.stage_lock(stage):
+            return self._run_stage(stage, force)
+
+    def _run_stage(self, stage: str, force: bool) -> StageResult:
         from .distributed import barrier, dist_env
 
         rank = dist_env()[0]
-        final = self.run_dir / stage
+        final = self.stage_dir(stage)
         key, inputs = self.stage_key(stage)
         manifest = read_manifest(final)
         if not force and manifest and manifest.get("key") == key:
@@ -230,7 +280,7 @@ class Runner:
             return StageResult(stage, "cached", 0.0, manifest.get("summary", {}), final)
         if stage == "train" and self.needs_launcher():
             return self.launch_distributed(stage, force)
-        work = self.run_dir / f".{stage}.partial"  # never taken as complete: no manifest
+        work = final.parent / f".{final.name}.partial"  # never taken as complete: no manifest
         if rank == 0:
             if work.exists():
                 shutil.rmtree(work)
@@ -342,7 +392,7 @@ class Runner:
             stopped = json.loads(marker.read_text())
             marker.unlink()
             raise Preempted(stopped["step"], stopped["checkpoint"])
-        manifest = read_manifest(self.run_dir / stage)
+        manifest = read_manifest(self.stage_dir(stage))
         if returncode != 0 or manifest is None or manifest["key"] != self.stage_key(stage)[0]:
             raise StageError(
                 f"{stage} on {dist.nproc_per_node} ranks failed "
@@ -353,7 +403,7 @@ class Runner:
             "ran",
             time.perf_counter() - start,
             manifest.get("summary", {}),
-            self.run_dir / stage,
+            self.stage_dir(stage),
         )
 
     def run(self, stages: tuple[str, ...] = STAGES, force: bool = False) -> list[StageResult]:
@@ -368,7 +418,7 @@ class Runner:
         rank = dist_env()[0]
         if self.track and rank == 0:
             check_reachable(tracking_uri(self.config))  # fail fast, before any work
-        self.run_dir.mkdir(parents=True, exist_ok=True)
+        ensure_writable(self.run_dir)
         take_lock = rank == 0 and not os.environ.get("PIPELINE_LOCK_HELD")
         with RunLock(self.run_dir) if take_lock else contextlib.nullcontext():
             if rank == 0:

@@ -41,11 +41,15 @@ def is_rank_zero() -> bool:
 
 
 def redact(data: Any, key: str = "") -> Any:
-    """Replace values whose key looks secret (token, password, key, ...) with ***."""
+    """Replace values whose key looks secret (token, password, key, ...) with ***, and the
+    user:password part of URIs."""
     if isinstance(data, dict):
         return {k: redact(v, k) for k, v in data.items()}
     if data is not None and any(w in key.lower() for w in SECRET_WORDS):
         return REDACTED
+    if isinstance(data, str) and "://" in data and "@" in data.split("://", 1)[1].split("/")[0]:
+        scheme, rest = data.split("://", 1)
+        return f"{scheme}://{REDACTED}@{rest.split('@', 1)[1]}"
     return data
 
 
@@ -133,7 +137,7 @@ class Tracker:
             previous = None
         run = mlflow.start_run(
             run_id=previous,
-            run_name=None if previous else self.config.name,
+            run_name=None if previous else self.display_name,
             log_system_metrics=True,
         )
         self.run_id = run.info.run_id
@@ -144,6 +148,11 @@ class Tracker:
             self._log_params()
         mlflow.set_tags(self._tags())
         return self
+
+    @property
+    def display_name(self) -> str:
+        variant = self.config.variant
+        return f"{self.config.name}/{variant}" if variant else self.config.name
 
     def _run_exists(self, run_id: str) -> bool:
         import mlflow
@@ -168,6 +177,8 @@ class Tracker:
             "pipeline.method": self.config.method.name,
             "pipeline.config_hash": self.config.config_hash,
         }
+        if self.config.variant:
+            tags["pipeline.variant"] = self.config.variant
         slurm = {
             "SLURM_ARRAY_JOB_ID": "slurm.array_job_id",
             "SLURM_ARRAY_TASK_ID": "slurm.array_task_id",

@@ -38,7 +38,7 @@ def run(ctx: RunContext) -> dict[str, Any]:
         "template": task.template,
         "choices": list(task.choices),
         "max_length": cfg.task.max_length,
-        "model": cfg.model.model_dump(),
+        "model": cfg.model.model_dump(exclude={"hub_token"}),
         "metrics": metrics.get("adapter", {}),
         "config_hash": cfg.config_hash,
     }

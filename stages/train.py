@@ -151,9 +151,11 @@ def run(ctx: RunContext) -> dict[str, Any]:
                 tokens_since += int(micro[-1]["attention_mask"].sum()) * world
             loss, grad_norm = backend.train_step(micro)
             if not math.isfinite(loss):
+                good = checkpointer.complete()
                 raise FloatingPointError(
-                    f"train loss became {loss} at step {step}; stopped. The best adapter so far "
-                    f"(step {best['step']}) is in {best_dir}. Lower train.lr_prompt / lr_offset"
+                    f"train loss became {loss} at step {step}; stopped without saving this step. "
+                    f"Last good checkpoint: {good[-1] if good else 'none'}; best adapter so far "
+                    f"(step {best['step']}): {best_dir}. Lower train.lr_prompt / train.lr_offset"
                 )
             record: dict[str, Any] = {}
             if step % train.log_every == 0 or step == train.steps:
