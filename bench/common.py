@@ -1,0 +1,61 @@
+"""Shared pieces of the benchmarks: real rows, batches, timing, output."""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+from pipeline.models import GEMMA_PACKAGE_SOURCE, load_model, load_tokenizer
+from pipeline.scoring import training_batch
+from pipeline.tasks import Encoder, get_task, load_task_splits
+
+DATA_DIR = Path(
+    os.environ.get("PIPELINE_DATA_DIR", Path(__file__).resolve().parents[2] / "shared" / "data")
+)
+TASK_MAX_LENGTH = {"sst2": 128, "boolq": 256, "rte": 256}
+
+
+def real_batch(tokenizer, task_name: str, batch: int, split: str = "train"):
+    """A training batch of ``batch`` real rows (context + gold answer, labels on the answer)."""
+    task = get_task(task_name)
+    rows, source = load_task_splits(task, DATA_DIR, {split: batch})[split]
+    encoded = Encoder(task, tokenizer, TASK_MAX_LENGTH[task_name]).encode(rows, source)
+    answers = [c[label] for c, label in zip(encoded["choice_ids"], encoded["label"], strict=True)]
+    return training_batch(encoded["context_ids"], answers, tokenizer.pad_token_id), encoded
+
+
+def gemma(dtype: str = "bfloat16"):
+    return load_tokenizer(GEMMA_PACKAGE_SOURCE), load_model(GEMMA_PACKAGE_SOURCE, dtype, "sdpa")
+
+
+def median_seconds(step: Callable[[], object], repeats: int, warmup: int = 1) -> float:
+    for _ in range(warmup):
+        step()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def report(result: dict, table: list[tuple[str, ...]], header: tuple[str, ...]) -> None:
+    """One JSON line, then a markdown table."""
+    print(json.dumps(result))
+    print("\n| " + " | ".join(header) + " |\n|" + "---|" * len(header))
+    for row in table:
+        print("| " + " | ".join(row) + " |")
+
+
+torch.set_num_threads(int(os.environ.get("BENCH_THREADS", "2")))

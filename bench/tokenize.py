@@ -1,0 +1,83 @@
+"""Tokenize stage throughput vs raw batched ``tokenizer(...)`` on the same rows, and the time of
+a cached re-run (which must not tokenize at all).
+
+    python bench/tokenize.py --task boolq
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+import yaml
+from common import DATA_DIR, TASK_MAX_LENGTH, report
+
+from pipeline.config import load_config
+from pipeline.models import GEMMA_PACKAGE_SOURCE, load_tokenizer
+from pipeline.runner import Runner
+from pipeline.tasks import get_task, load_task_splits
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--task", default="boolq", choices=sorted(TASK_MAX_LENGTH))
+    args = parser.parse_args()
+
+    task = get_task(args.task)
+    splits = load_task_splits(task, DATA_DIR, {})
+    rows = [r for split in splits.values() for r in split[0]]
+    tokenizer = load_tokenizer(GEMMA_PACKAGE_SOURCE)
+    texts = [task.context(task.normalise(r, "bench")) for r in rows]
+    start = time.perf_counter()
+    tokenizer(texts)
+    raw = time.perf_counter() - start
+
+    with tempfile.TemporaryDirectory() as tmp:
+        config_file = Path(tmp) / "bench.yaml"
+        config_file.write_text(
+            yaml.safe_dump(
+                {
+                    "name": "bench",
+                    "output_dir": tmp,
+                    "task": {
+                        "name": args.task,
+                        "data_dir": str(DATA_DIR),
+                        "max_length": TASK_MAX_LENGTH[args.task],
+                    },
+                }
+            )
+        )
+        runner = Runner(load_config(config_file), track=False)
+        runner.context.memo("tokenizer", lambda: tokenizer)  # exclude tokenizer loading
+        first = runner.run(("tokenize",))[0]
+        start = time.perf_counter()
+        cached = runner.run(("tokenize",))[0]
+        cached_seconds = time.perf_counter() - start
+    assert cached.status == "cached"
+    throughput_ratio = raw / first.seconds
+    result = {
+        "bench": "tokenize",
+        "task": args.task,
+        "rows": len(rows),
+        "raw_tokenizer_s": raw,
+        "stage_s": first.seconds,
+        "cached_rerun_s": cached_seconds,
+        "stage_over_raw_throughput": throughput_ratio,
+        "goal_met": throughput_ratio >= 0.9,
+    }
+    report(
+        result,
+        [
+            ("raw tokenizer(texts)", f"{raw:.2f}", f"{len(rows) / raw:,.0f}"),
+            ("tokenize stage", f"{first.seconds:.2f}", f"{len(rows) / first.seconds:,.0f}"),
+            ("cached re-run", f"{cached_seconds:.3f}", "-"),
+        ],
+        ("what", "seconds", "rows/s"),
+    )
+    print(f"\nstage throughput / raw = {throughput_ratio:.2f} (goal >= 0.9)")
+
+
+if __name__ == "__main__":
+    main()
