@@ -18,3 +18,18 @@ def perturb(module: torch.nn.Module, seed: int = 3, scale: float = 0.05) -> None
         for p in module.parameters():
             if p.requires_grad:
                 p.add_(torch.randn(p.shape, generator=g) * scale)
+
+
+def write_boolq_rows(path, data_dir, n: int):
+    """The first n BoolQ test rows (protocol split) as unlabeled JSONL; returns the path."""
+    import json
+
+    from pipeline.tasks import get_task, load_task_splits
+
+    rows = load_task_splits(get_task("boolq"), data_dir, {"test": n})["test"][0]
+    path.write_text(
+        "".join(
+            json.dumps({"passage": r["passage"], "question": r["question"]}) + "\n" for r in rows
+        )
+    )
+    return path

@@ -123,6 +123,19 @@ def test_zero3_partitions_per_rank(tmp_path, tiny_model_dir, mode) -> None:
             assert info["frozen_total_elements"] == 0
 
 
+def start_pipeline(*args: str, stderr=subprocess.DEVNULL) -> subprocess.Popen:
+    """`pipeline ARGS` in the background, in its own session (signal it with os.killpg)."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "pipeline.cli", *args],
+        cwd=REPO,
+        env=ENV,
+        stdout=subprocess.DEVNULL,
+        stderr=stderr,
+        text=True,
+        start_new_session=True,
+    )
+
+
 def wait_for_step(history: Path, step: int, proc: subprocess.Popen, timeout: float = 600) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline and proc.poll() is None:
@@ -156,15 +169,7 @@ def test_signal_then_resume_equals_uninterrupted(tmp_path, tiny_model_dir, world
     stages = ["--stages", "tokenize,shard,train"]
     assert pipeline("run", str(ref), *stages).returncode == 0
     run_dir = tmp_path / "cut" / "runs" / "tiny"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "pipeline.cli", "run", str(run), *stages],
-        cwd=REPO,
-        env=ENV,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
-    )
+    proc = start_pipeline("run", str(run), *stages, stderr=subprocess.PIPE)
     wait_for_step(run_dir / ".scratch" / "train" / "history.jsonl", 3, proc)
     os.killpg(proc.pid, signal.SIGTERM)  # as Slurm does: the whole process group
     _, err = proc.communicate(timeout=300)

@@ -14,6 +14,7 @@ import yaml
 
 from pipeline.cli import main
 from pipeline.runner import checksum_tree, read_manifest
+from tests.helpers import write_boolq_rows
 
 REPO = Path(__file__).resolve().parents[1]
 STAGE_NAMES = ["tokenize", "shard", "train", "evaluate", "export"]
@@ -140,15 +141,7 @@ def test_stage_without_inputs_names_the_missing_stage(tmp_path, tiny_model_dir, 
 def test_predict_matches_evaluate_scores(finished_run, tmp_path, data_dir) -> None:
     config, run = finished_run
     main(["run", str(config)])
-    from pipeline.tasks import get_task, load_task_splits
-
-    rows = load_task_splits(get_task("boolq"), data_dir, {"test": 3})["test"][0]
-    inputs = tmp_path / "rows.jsonl"
-    inputs.write_text(
-        "".join(
-            json.dumps({"passage": r["passage"], "question": r["question"]}) + "\n" for r in rows
-        )
-    )
+    inputs = write_boolq_rows(tmp_path / "rows.jsonl", data_dir, 3)
     out = tmp_path / "pred.jsonl"
     assert main(["predict", str(run), "--input", str(inputs), "--output", str(out)]) == 0
     predicted = [json.loads(x) for x in out.read_text().splitlines()]

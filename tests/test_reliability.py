@@ -18,8 +18,9 @@ import pytest
 import yaml
 
 from pipeline.cli import main
+from tests.conftest import TINY_DIMS
 from tests.services import free_port
-from tests.test_distributed import ENV, REPO, losses, pipeline, wait_for_step
+from tests.test_distributed import ENV, REPO, losses, pipeline, start_pipeline, wait_for_step
 from tests.test_pipeline import write_config
 
 GOOD_RTE = '{"premise": "A man sleeps.", "hypothesis": "A man rests.", "label": "entailment"}\n'
@@ -294,11 +295,7 @@ def tiny_llama_without_pad(path: Path, texts: list[str]) -> Path:
     LlamaForCausalLM(
         LlamaConfig(
             vocab_size=len(tokenizer),
-            hidden_size=64,
-            intermediate_size=128,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            num_key_value_heads=2,
+            **TINY_DIMS,
         )
     ).save_pretrained(path)
     return path
@@ -351,14 +348,7 @@ def test_corrupt_checkpoint_is_refused_on_resume(tmp_path, tiny_model_dir, capsy
         task={"train_limit": 64},
     )
     run_dir = tmp_path / "runs" / "tiny"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "pipeline.cli", "run", str(config)],
-        cwd=REPO,
-        env=ENV,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
+    proc = start_pipeline("run", str(config))
     wait_for_step(run_dir / ".scratch" / "train" / "history.jsonl", 3, proc)
     os.killpg(proc.pid, signal.SIGTERM)
     assert proc.wait(timeout=120) == 3
@@ -381,14 +371,7 @@ def test_kill_9_during_train_then_resume_matches(tmp_path, tiny_model_dir) -> No
     cut = write_config(tmp_path / "cut", tiny_model_dir, **common)
     assert pipeline("run", str(ref)).returncode == 0
     run_dir = tmp_path / "cut" / "runs" / "tiny"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "pipeline.cli", "run", str(cut)],
-        cwd=REPO,
-        env=ENV,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
+    proc = start_pipeline("run", str(cut))
     wait_for_step(run_dir / ".scratch" / "train" / "history.jsonl", 7, proc)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait(timeout=60)
@@ -412,14 +395,7 @@ def test_kill_during_tokenize_is_never_taken_as_complete(tmp_path, tiny_model_di
         task={"name": "sst2", "train_limit": None, "max_length": 64},
     )
     run_dir = tmp_path / "runs" / "tiny"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "pipeline.cli", "run", str(config), "--stages", "tokenize"],
-        cwd=REPO,
-        env=ENV,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
+    proc = start_pipeline("run", str(config), "--stages", "tokenize")
     deadline = time.monotonic() + 120
     while not (run_dir / ".tokenize.partial").exists() and time.monotonic() < deadline:
         time.sleep(0.05)
@@ -443,14 +419,7 @@ def test_second_run_on_same_directory_is_refused(tmp_path, tiny_model_dir) -> No
         train={"steps": 400, "eval_every": 1000, "checkpoint_every": 1000},
     )
     run_dir = tmp_path / "runs" / "tiny"
-    first = subprocess.Popen(
-        [sys.executable, "-m", "pipeline.cli", "run", str(config)],
-        cwd=REPO,
-        env=ENV,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    first = start_pipeline("run", str(config), stderr=subprocess.PIPE)
     wait_for_step(run_dir / ".scratch" / "train" / "history.jsonl", 1, first)
     second = pipeline("run", str(config))
     assert second.returncode == 2

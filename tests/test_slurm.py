@@ -112,20 +112,26 @@ def test_array_job_runs_every_variant(slurm, tmp_path, tiny_model_dir) -> None:
         assert run.data.tags["slurm.array_task_id"] == str(index)
 
 
-def test_submit_chains_stages_and_stops_on_failure(slurm, tmp_path, tiny_model_dir) -> None:
-    ok = sweep_config(tmp_path / "ok", tiny_model_dir, [0.05, 0.01])
+def submit_and_wait(config: Path, env, cwd: Path) -> dict[str, list[str]]:
+    """`pipeline submit`, then the final states of its jobs keyed by stage."""
     proc = subprocess.run(
-        [sys.executable, "-m", "pipeline.cli", "submit", str(ok)],
+        [sys.executable, "-m", "pipeline.cli", "submit", str(config)],
         capture_output=True,
         text=True,
-        env=slurm,
-        cwd=tmp_path,
+        env=env,
+        cwd=cwd,
         timeout=120,
     )
     assert proc.returncode == 0, proc.stderr
     jobs = dict(re.findall(r"^(\w+)\s+job (\d+)$", proc.stdout, re.M))
     assert list(jobs) == ["tokenize", "train", "evaluate"]
-    states = wait_jobs(list(jobs.values()), slurm)
+    by_id = wait_jobs(list(jobs.values()), env)
+    return {stage: by_id[job_id] for stage, job_id in jobs.items()}
+
+
+def test_submit_chains_stages_and_stops_on_failure(slurm, tmp_path, tiny_model_dir) -> None:
+    ok = sweep_config(tmp_path / "ok", tiny_model_dir, [0.05, 0.01])
+    states = submit_and_wait(ok, slurm, tmp_path)
     assert all(set(s) == {"COMPLETED"} for s in states.values()), states
     root = tmp_path / "ok" / "runs" / "tiny"
     for variant in ("v000", "v001"):
@@ -140,18 +146,7 @@ def test_submit_chains_stages_and_stops_on_failure(slurm, tmp_path, tiny_model_d
         model={"dtype": "float16"},
         train={"max_grad_norm": 1e30, "steps": 8, "warmup_steps": 0},
     )
-    proc = subprocess.run(
-        [sys.executable, "-m", "pipeline.cli", "submit", str(bad)],
-        capture_output=True,
-        text=True,
-        env=slurm,
-        cwd=tmp_path,
-        timeout=120,
-    )
-    assert proc.returncode == 0, proc.stderr
-    jobs = dict(re.findall(r"^(\w+)\s+job (\d+)$", proc.stdout, re.M))
-    by_id = wait_jobs(list(jobs.values()), slurm)
-    states = {stage: by_id[job_id] for stage, job_id in jobs.items()}
+    states = submit_and_wait(bad, slurm, tmp_path)
     assert states["tokenize"] == ["COMPLETED"]
     assert "FAILED" in states["train"]
     assert set(states["evaluate"]) == {"CANCELLED"}, states

@@ -13,6 +13,7 @@ import mlflow
 import pytest
 
 from pipeline.cli import main
+from tests.helpers import write_boolq_rows
 from tests.services import free_port, mlflow_server
 from tests.test_pipeline import write_config
 
@@ -86,15 +87,7 @@ def test_registered_version_tags_and_alias(tracked_run) -> None:
 
 def test_registered_model_loads_in_fresh_process(tracked_run, tmp_path, data_dir) -> None:
     _, run_dir, uri = tracked_run
-    from pipeline.tasks import get_task, load_task_splits
-
-    rows = load_task_splits(get_task("boolq"), data_dir, {"test": 4})["test"][0]
-    rows_file = tmp_path / "rows.jsonl"
-    rows_file.write_text(
-        "".join(
-            json.dumps({"passage": r["passage"], "question": r["question"]}) + "\n" for r in rows
-        )
-    )
+    rows_file = write_boolq_rows(tmp_path / "rows.jsonl", data_dir, 4)
     expected = tmp_path / "expected.jsonl"
     assert (
         main(["predict", str(run_dir), "--input", str(rows_file), "--output", str(expected)]) == 0
