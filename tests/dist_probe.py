@@ -1,6 +1,6 @@
 """Run under torchrun by test_distributed.py: per-rank ZeRO facts as JSON, one file per rank.
 
-torchrun --nproc_per_node 2 tests/dist_probe.py MODEL_DIR OUT_DIR MODE    # MODE: bf16 | int8
+torchrun --nproc_per_node 2 tests/dist_probe.py MODEL_DIR OUT_DIR MODE  # bf16 | int8 | offload
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from pipeline.models import load_model
 def main() -> None:
     model_dir, out_dir, mode = sys.argv[1], Path(sys.argv[2]), sys.argv[3]
     int8 = mode == "int8"
+    ds_config = "zero3_offload.json" if mode == "offload" else "zero3.json"
     config = PipelineConfig.model_validate(
         {
             "name": "probe",
@@ -37,7 +38,12 @@ def main() -> None:
                 "lr_offset": 0.01,
                 "warmup_steps": 0,
             },
-            "distributed": {"nproc_per_node": 2, "deepspeed": True, "zero_stage": 3},
+            "distributed": {
+                "nproc_per_node": 2,
+                "deepspeed": True,
+                "zero_stage": 3,
+                "ds_config": ds_config,
+            },
         }
     )
     init_process_group()
