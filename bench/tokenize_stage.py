@@ -1,7 +1,7 @@
 """Tokenize stage throughput vs raw batched ``tokenizer(...)`` on the same rows, and the time of
 a cached re-run (which must not tokenize at all).
 
-    python bench/tokenize.py --task boolq
+    python bench/tokenize_stage.py --task boolq
 """
 
 from __future__ import annotations
