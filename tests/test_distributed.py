@@ -19,15 +19,11 @@ REPO = Path(__file__).resolve().parents[1]
 ENV = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
 
 
-def pipeline(*args: str, **popen) -> subprocess.CompletedProcess:
+def pipeline(*args: str, **run) -> subprocess.CompletedProcess:
+    """`pipeline ARGS` in a subprocess (repo root, test env unless given), output captured."""
+    run = {"cwd": REPO, "env": ENV, "timeout": 900, **run}
     return subprocess.run(
-        [sys.executable, "-m", "pipeline.cli", *args],
-        cwd=REPO,
-        env=ENV,
-        capture_output=True,
-        text=True,
-        timeout=900,
-        **popen,
+        [sys.executable, "-m", "pipeline.cli", *args], capture_output=True, text=True, **run
     )
 
 

@@ -114,14 +114,7 @@ def test_array_job_runs_every_variant(slurm, tmp_path, tiny_model_dir) -> None:
 
 def submit_and_wait(config: Path, env, cwd: Path) -> dict[str, list[str]]:
     """`pipeline submit`, then the final states of its jobs keyed by stage."""
-    proc = subprocess.run(
-        [sys.executable, "-m", "pipeline.cli", "submit", str(config)],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=cwd,
-        timeout=120,
-    )
+    proc = pipeline("submit", str(config), env=env, cwd=cwd, timeout=120)
     assert proc.returncode == 0, proc.stderr
     jobs = dict(re.findall(r"^(\w+)\s+job (\d+)$", proc.stdout, re.M))
     assert list(jobs) == ["tokenize", "train", "evaluate"]
@@ -194,13 +187,6 @@ def test_requeued_task_resumes_to_the_same_result(slurm, tmp_path, tiny_model_di
 def test_submit_without_slurm_is_a_clear_error(tmp_path, tiny_model_dir) -> None:
     config = write_config(tmp_path, tiny_model_dir)
     env = dict(ENV, PATH=str(Path(sys.executable).parent))  # no sbatch on this PATH
-    proc = subprocess.run(
-        [sys.executable, "-m", "pipeline.cli", "submit", str(config)],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=tmp_path,
-        timeout=120,
-    )
+    proc = pipeline("submit", str(config), env=env, cwd=tmp_path, timeout=120)
     assert proc.returncode == 2
     assert "pipeline submit needs Slurm: sbatch is not on PATH" in proc.stderr
