@@ -13,12 +13,16 @@ from .methods import SoftPromptModel
 
 
 def build_optimizer(model: SoftPromptModel, train: TrainSection) -> torch.optim.AdamW:
-    """AdamW with two groups: the prompt (lr_prompt) and the offset FFN / low-rank (lr_offset)."""
-    groups = [{"params": model.prompt_parameters(), "lr": train.lr_prompt, "name": "prompt"}]
-    if model.offset_parameters():
-        groups.append(
-            {"params": model.offset_parameters(), "lr": train.lr_offset, "name": "offset"}
+    """AdamW with up to two groups: the prompt (lr_prompt) and the offset FFN / low-rank / LoRA
+    weights (lr_offset); a method without one of them has one group."""
+    groups = [
+        {"params": params, "lr": lr, "name": name}
+        for name, params, lr in (
+            ("prompt", model.prompt_parameters(), train.lr_prompt),
+            ("offset", model.offset_parameters(), train.lr_offset),
         )
+        if params
+    ]
     return torch.optim.AdamW(groups, weight_decay=train.weight_decay)
 
 

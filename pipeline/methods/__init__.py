@@ -1,4 +1,4 @@
-"""Soft-prompt methods for frozen causal LMs: vanilla PT, DePT and ADePT.
+"""Soft-prompt methods for frozen causal LMs: vanilla PT, DePT and ADePT (+ the LoRA baseline).
 
 Usable without the pipeline::
 
@@ -13,6 +13,8 @@ from .budget import (
     adept_rank,
     dept_params,
     dept_rank,
+    lora_params_per_rank,
+    lora_rank,
     prompt_tuning_params,
     solve_rank,
     trainable_params,
@@ -21,6 +23,7 @@ from .config import (
     METHOD_CONFIGS,
     ADePTConfig,
     DePTConfig,
+    LoRAConfig,
     PromptTuningConfig,
     SoftPromptConfig,
     config_from_dict,
@@ -31,6 +34,7 @@ from .model import (
     METHOD_MODELS,
     ADePT,
     DePT,
+    LoRA,
     PromptTuning,
     SoftPromptModel,
     SoftPromptOutput,
@@ -48,6 +52,8 @@ __all__ = [
     "BudgetError",
     "DePT",
     "DePTConfig",
+    "LoRA",
+    "LoRAConfig",
     "PromptTuning",
     "PromptTuningConfig",
     "SoftPromptConfig",
@@ -59,6 +65,8 @@ __all__ = [
     "config_from_dict",
     "dept_params",
     "dept_rank",
+    "lora_params_per_rank",
+    "lora_rank",
     "prompt_tuning_params",
     "solve_rank",
     "trainable_params",

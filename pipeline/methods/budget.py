@@ -6,7 +6,9 @@ without materialising any weights (e.g. Llama-2-7B, d=4096).
 
 from __future__ import annotations
 
-from .config import ADePTConfig, DePTConfig, PromptTuningConfig, SoftPromptConfig
+from typing import Any
+
+from .config import ADePTConfig, DePTConfig, LoRAConfig, PromptTuningConfig, SoftPromptConfig
 
 
 class BudgetError(ValueError):
@@ -50,6 +52,26 @@ def adept_rank(budget_tokens: int, m: int, d: int) -> int:
     return r
 
 
+def lora_params_per_rank(text_config: Any, target_modules: tuple[str, ...]) -> int:
+    """Σ (in + out) over the targeted attention projections of every layer (LoRA adds r·(in+out)
+    per projection), from a transformers text config alone."""
+    d = text_config.hidden_size
+    head_dim = getattr(text_config, "head_dim", None) or d // text_config.num_attention_heads
+    q = text_config.num_attention_heads * head_dim
+    kv = getattr(text_config, "num_key_value_heads", None) or text_config.num_attention_heads
+    kv *= head_dim
+    widths = {"q_proj": d + q, "k_proj": d + kv, "v_proj": d + kv, "o_proj": q + d}
+    unknown = sorted(set(target_modules) - set(widths))
+    if unknown:
+        raise BudgetError(f"LoRA target_modules {unknown} unknown; plannable: {sorted(widths)}")
+    return text_config.num_hidden_layers * sum(widths[name] for name in target_modules)
+
+
+def lora_rank(budget_tokens: int, d: int, params_per_rank: int) -> int:
+    """The rank (≥ 1) whose r·params_per_rank is closest to the PT budget L·d."""
+    return max(1, round(budget_tokens * d / params_per_rank))
+
+
 def trainable_params(config: SoftPromptConfig, d: int) -> int:
     """Trainable parameter count of ``config`` on a model with embedding width ``d``."""
     m = config.num_virtual_tokens
@@ -59,6 +81,10 @@ def trainable_params(config: SoftPromptConfig, d: int) -> int:
         return dept_params(m, config.rank, config.max_length, d)
     if isinstance(config, PromptTuningConfig):
         return prompt_tuning_params(m, d)
+    if isinstance(config, LoRAConfig):
+        if config.params_per_rank is None:
+            raise ValueError("LoRAConfig.params_per_rank is unset: build it from the model")
+        return config.rank * config.params_per_rank
     raise TypeError(f"unknown method config {type(config).__name__}")
 
 

@@ -87,8 +87,40 @@ class ADePTConfig(SoftPromptConfig):
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
 
 
+@dataclass
+class LoRAConfig(SoftPromptConfig):
+    """LoRA (from HF PEFT) on the attention projections: the weight-space baseline. No prompt."""
+
+    method: ClassVar[str] = "lora"
+
+    num_virtual_tokens: int = field(default=0, metadata={"help": "Always 0: LoRA has no prompt."})
+    rank: int = field(default=1, metadata={"help": "r of each B (out×r) A (r×in) update."})
+    alpha: float = field(default=8.0, metadata={"help": "Update scale is alpha / rank."})
+    dropout: float = field(default=0.0, metadata={"help": "Dropout on the LoRA input."})
+    target_modules: tuple[str, ...] = field(
+        default=("q_proj", "v_proj"), metadata={"help": "Projection names that get an update."}
+    )
+    params_per_rank: int | None = field(
+        default=None,
+        metadata={"help": "Σ (in + out) over the targeted layers; filled in from the model."},
+    )
+
+    def __post_init__(self) -> None:
+        self.target_modules = tuple(self.target_modules)
+        if self.num_virtual_tokens != 0:
+            raise ValueError(
+                f"LoRA has no prompt: num_virtual_tokens must be 0, got {self.num_virtual_tokens}"
+            )
+        if self.rank < 1:
+            raise ValueError(f"rank must be >= 1, got {self.rank}")
+        if not self.target_modules:
+            raise ValueError("target_modules must name at least one projection")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+
+
 METHOD_CONFIGS: dict[str, type[SoftPromptConfig]] = {
-    cls.method: cls for cls in (PromptTuningConfig, DePTConfig, ADePTConfig)
+    cls.method: cls for cls in (PromptTuningConfig, DePTConfig, ADePTConfig, LoRAConfig)
 }
 
 

@@ -15,7 +15,7 @@ import json
 import os
 import shutil
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -24,16 +24,18 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from .adept import TokenFFNOffset
-from .budget import solve_rank, trainable_params
+from .budget import lora_params_per_rank, lora_rank, solve_rank, trainable_params
 from .config import (
     ADePTConfig,
     DePTConfig,
+    LoRAConfig,
     PromptTuningConfig,
     SoftPromptConfig,
     config_from_dict,
 )
 from .dept import PositionLowRankOffset
 from .init import init_prompt
+from .lora import inject_lora, strip_lora
 
 ADAPTER_CONFIG_NAME = "adapter_config.json"
 ADAPTER_WEIGHTS_NAME = "adapter_model.safetensors"
@@ -86,6 +88,7 @@ class SoftPromptModel(nn.Module):
         **fields: Any,
     ) -> None:
         super().__init__()
+        strip_lora(base)  # a base wrapped earlier by LoRA gets its pristine layers back
         text_config = base.config.get_text_config()
         d = text_config.hidden_size
         if config is None:
@@ -113,11 +116,13 @@ class SoftPromptModel(nn.Module):
         embedding = base.get_input_embeddings()
         device = embedding.weight.device
         torch.manual_seed(config.seed)
-        if _init_prompt and device.type != "meta":  # meta: shapes only, for planning
-            prompt = init_prompt(config, embedding, self.vocab_size, tokenizer)
-        else:
-            prompt = torch.empty(config.num_virtual_tokens, d)
-        self.soft_prompt: SoftPrompt | None = SoftPrompt(prompt.to(device))
+        self.soft_prompt: SoftPrompt | None = None
+        if config.num_virtual_tokens > 0:
+            if _init_prompt and device.type != "meta":  # meta: shapes only, for planning
+                prompt = init_prompt(config, embedding, self.vocab_size, tokenizer)
+            else:
+                prompt = torch.empty(config.num_virtual_tokens, d)
+            self.soft_prompt = SoftPrompt(prompt.to(device))
         offset = build_offset(config, d)
         self.offset = offset.to(device) if offset is not None else None
         self.folded_embeddings: torch.Tensor | None = None
@@ -143,7 +148,7 @@ class SoftPromptModel(nn.Module):
         return {n: p.detach() for n, p in self.named_parameters() if p.requires_grad}
 
     def prompt_parameters(self) -> list[nn.Parameter]:
-        return [self.prompt]
+        return [] if self.prompt is None else [self.prompt]
 
     def offset_parameters(self) -> list[nn.Parameter]:
         return list(self.offset.parameters()) if self.offset is not None else []
@@ -340,6 +345,52 @@ class ZeroShot(SoftPromptModel):
         self.soft_prompt = None
 
 
+class LoRA(SoftPromptModel):
+    """LoRA from PEFT on the attention projections, rank closest to the PT budget unless given:
+    ``LoRA(base)`` (Gemma 3 270M: r=1 on q_proj/v_proj, 46,080 vs PT-100's 64,000)."""
+
+    config_class = LoRAConfig
+
+    def __init__(
+        self,
+        base: nn.Module,
+        config: LoRAConfig | None = None,
+        *,
+        tokenizer: Any = None,
+        budget_tokens: int = 100,
+        register_base: bool = True,
+        _init_prompt: bool = True,
+        **fields: Any,
+    ) -> None:
+        if not register_base:
+            raise ValueError("LoRA lives inside the base model: it cannot stay unregistered")
+        text_config = base.config.get_text_config()
+        solve = config is None and "rank" not in fields
+        config = config or LoRAConfig(**fields)
+        per_rank = lora_params_per_rank(text_config, config.target_modules)
+        if config.params_per_rank not in (None, per_rank):
+            raise ValueError(
+                f"LoRA config says {config.params_per_rank} parameters per rank, "
+                f"this base has {per_rank}"
+            )
+        if solve:
+            config = replace(
+                config, rank=lora_rank(budget_tokens, text_config.hidden_size, per_rank)
+            )
+        config = replace(config, params_per_rank=per_rank)
+        super().__init__(base, config, register_base=True)
+        self._lora = inject_lora(base, config)
+        injected = sum(p.numel() for p in self._lora)
+        if injected != self.expected_trainable_parameters():
+            raise ValueError(
+                f"LoRA injected {injected} parameters, the budget formula says "
+                f"{self.expected_trainable_parameters()} (projection names/shapes differ)"
+            )
+
+    def offset_parameters(self) -> list[nn.Parameter]:
+        return list(self._lora)
+
+
 class PromptTuning(SoftPromptModel):
     """Vanilla prompt tuning; ``PromptTuning(base, num_virtual_tokens=100)``."""
 
@@ -362,6 +413,7 @@ METHOD_MODELS: dict[str, type[SoftPromptModel]] = {
     "prompt_tuning": PromptTuning,
     "dept": DePT,
     "adept": ADePT,
+    "lora": LoRA,
 }
 
 

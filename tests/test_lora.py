@@ -1,0 +1,113 @@
+"""The LoRA baseline (HF PEFT layers injected into the frozen base) behind the shared wrapper."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from transformers import Gemma3TextConfig, LlamaConfig
+
+from pipeline.config import ConfigError, PipelineConfig
+from pipeline.methods import LoRA, SoftPromptModel, ZeroShot, lora_params_per_rank, lora_rank
+from tests.helpers import random_batch
+
+
+def test_rank_is_closest_to_the_pt_budget() -> None:
+    gemma = Gemma3TextConfig(
+        hidden_size=640,
+        num_attention_heads=4,
+        num_key_value_heads=1,
+        head_dim=256,
+        num_hidden_layers=18,
+        intermediate_size=2048,
+        vocab_size=262144,
+    )
+    per_rank = lora_params_per_rank(gemma, ("q_proj", "v_proj"))
+    assert per_rank == 18 * ((640 + 1024) + (640 + 256)) == 46_080
+    assert lora_rank(100, 640, per_rank) == 1  # 46,080 is nearer 64,000 than 92,160
+    llama7b = LlamaConfig(hidden_size=4096, num_attention_heads=32, num_hidden_layers=32)
+    assert lora_params_per_rank(llama7b, ("q_proj", "v_proj")) == 32 * 4 * 4096
+    assert lora_rank(100, 4096, 32 * 4 * 4096) == 1
+    assert (
+        lora_rank(400, 640, 46_080) == 6
+    )  # 276,480 vs budget 256,000: 5 is 25,600 off, 6 is 20,480
+    with pytest.raises(ValueError, match="gate_proj"):
+        lora_params_per_rank(gemma, ("q_proj", "gate_proj"))
+
+
+def _train(model: SoftPromptModel, steps: int = 3) -> None:
+    input_ids, mask = random_batch()
+    labels = input_ids.masked_fill(torch.arange(12) < 9, -100)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=5e-2)
+    model.train()
+    for _ in range(steps):
+        optimizer.zero_grad()
+        model(input_ids, mask, labels=labels).loss.backward()
+        optimizer.step()
+    model.eval()
+
+
+def test_starts_as_the_base_and_trains_only_lora(tiny_base) -> None:
+    input_ids, mask = random_batch()
+    before = ZeroShot(tiny_base).eval().logits(input_ids, mask)
+    frozen = {k: v.clone() for k, v in tiny_base.state_dict().items()}
+    model = LoRA(tiny_base, rank=2).eval()
+    assert torch.equal(model.logits(input_ids, mask), before)  # B = 0 at init
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable and all("lora_" in n for n in trainable)
+    assert model.num_trainable_parameters() == model.expected_trainable_parameters()
+    assert all(p.dtype == torch.float32 for p in model.offset_parameters())
+    _train(model)
+    assert not torch.allclose(model.logits(input_ids, mask), before)
+    ZeroShot(tiny_base)  # takes the LoRA layers out again
+    for name, value in frozen.items():  # the base's own weights are untouched
+        assert torch.equal(tiny_base.state_dict()[name], value), name
+
+
+def test_save_load_round_trip_and_rewrap_restores_base(tiny_base, tmp_path) -> None:
+    pristine = copy.deepcopy(tiny_base)
+    input_ids, mask = random_batch()
+    base_logits = ZeroShot(pristine).eval().logits(input_ids, mask)
+    model = LoRA(tiny_base, rank=2)
+    _train(model)
+    trained = model.logits(input_ids, mask)
+    model.save_adapter(tmp_path / "adapter")
+    # wrapping the same base again takes the LoRA layers out: zero-shot is the base again
+    assert torch.equal(ZeroShot(tiny_base).eval().logits(input_ids, mask), base_logits)
+    loaded = SoftPromptModel.from_pretrained(pristine, tmp_path / "adapter").eval()
+    assert type(loaded) is LoRA and loaded.config.rank == 2
+    torch.testing.assert_close(loaded.logits(input_ids, mask), trained, rtol=0, atol=1e-6)
+
+
+def test_config_plans_lora_and_rejects_int8_under_deepspeed() -> None:
+    config = PipelineConfig.model_validate({"name": "x", "method": {"name": "lora"}})
+    gemma = Gemma3TextConfig(
+        hidden_size=640,
+        num_attention_heads=4,
+        num_key_value_heads=1,
+        head_dim=256,
+        num_hidden_layers=18,
+        intermediate_size=2048,
+    )
+    method = config.method_config(gemma)
+    assert (method.rank, method.params_per_rank, method.target_modules) == (
+        1,
+        46_080,
+        ("q_proj", "v_proj"),
+    )
+    with pytest.raises(ValueError, match="LoRA weights live inside the int8 base"):
+        PipelineConfig.model_validate(
+            {
+                "name": "x",
+                "method": {"name": "lora"},
+                "model": {"load_in_8bit": True},
+                "distributed": {"deepspeed": True},
+            }
+        )
+    bad = PipelineConfig.model_validate(
+        {"name": "x", "method": {"name": "lora", "lora_targets": ["up_proj"]}}
+    )
+    with pytest.raises(ConfigError, match="method: LoRA target_modules"):
+        bad.method_config(gemma)
