@@ -16,7 +16,16 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from .methods import ADePTConfig, BudgetError, DePTConfig, PromptTuningConfig, solve_rank
+from .methods import (
+    ADePTConfig,
+    BudgetError,
+    DePTConfig,
+    LoRAConfig,
+    PromptTuningConfig,
+    lora_params_per_rank,
+    lora_rank,
+    solve_rank,
+)
 from .methods.config import SoftPromptConfig
 
 
@@ -39,12 +48,15 @@ class ModelSection(Section):
 
 
 class MethodSection(Section):
-    name: Literal["prompt_tuning", "dept", "adept"] = "adept"
-    num_virtual_tokens: int = Field(60, gt=0, description="m (PT: L).")
+    name: Literal["prompt_tuning", "dept", "adept", "lora"] = "adept"
+    num_virtual_tokens: int = Field(60, gt=0, description="m (PT: L; unused by LoRA).")
     budget_tokens: int = Field(100, gt=0, description="PT budget L the rank is solved against.")
     rank: int | None = Field(None, gt=0, description="r; solved from the budget when null.")
     dropout: float = Field(0.1, ge=0, lt=1)
-    alpha: float = Field(8.0, gt=0, description="DePT offset scale numerator.")
+    alpha: float = Field(8.0, gt=0, description="DePT offset / LoRA update scale numerator.")
+    lora_targets: list[str] = Field(
+        ["q_proj", "v_proj"], min_length=1, description="LoRA: projections that get an update."
+    )
     prompt_init: Literal["vocab", "text"] = "vocab"
     prompt_init_text: str | None = None
 
@@ -141,7 +153,8 @@ class PipelineConfig(Section):
     @model_validator(mode="after")
     def _supported_combination(self) -> PipelineConfig:
         method, dist = self.method, self.distributed
-        if method.name != "prompt_tuning" and method.num_virtual_tokens >= method.budget_tokens:
+        soft_prompt_split = method.name in ("dept", "adept")
+        if soft_prompt_split and method.num_virtual_tokens >= method.budget_tokens:
             raise ValueError(
                 f"method.num_virtual_tokens={method.num_virtual_tokens} must be smaller than "
                 f"method.budget_tokens={method.budget_tokens}"
@@ -155,6 +168,12 @@ class PipelineConfig(Section):
             raise ValueError(
                 f"export.fold: only ADePT folds into the embedding table, "
                 f"method.name is {method.name!r}"
+            )
+        if method.name == "lora" and self.model.load_in_8bit and dist.deepspeed:
+            raise ValueError(
+                "method.name lora with model.load_in_8bit and distributed.deepspeed: the LoRA "
+                "weights live inside the int8 base, which stays outside the engine; train LoRA "
+                "on a 16-bit base under ZeRO, or without DeepSpeed"
             )
         if self.model.load_in_8bit and self.model.dtype == "float32" and dist.deepspeed:
             raise ValueError(
@@ -179,9 +198,10 @@ class PipelineConfig(Section):
         root = self.task.data_dir or os.environ.get("PIPELINE_DATA_DIR")
         return Path(root) if root else None
 
-    def method_config(self, hidden_size: int) -> SoftPromptConfig:
-        """The methods' dataclass config, with the rank solved for this model width."""
+    def method_config(self, text_config: Any) -> SoftPromptConfig:
+        """The methods' dataclass config, with the rank solved for this model's text config."""
         m = self.method
+        hidden_size = text_config.hidden_size
         common = {
             "num_virtual_tokens": m.num_virtual_tokens,
             "prompt_init": m.prompt_init,
@@ -191,6 +211,16 @@ class PipelineConfig(Section):
         if m.name == "prompt_tuning":
             return PromptTuningConfig(**common)
         try:
+            if m.name == "lora":
+                per_rank = lora_params_per_rank(text_config, tuple(m.lora_targets))
+                return LoRAConfig(
+                    rank=m.rank or lora_rank(m.budget_tokens, hidden_size, per_rank),
+                    alpha=m.alpha,
+                    dropout=m.dropout,
+                    target_modules=tuple(m.lora_targets),
+                    params_per_rank=per_rank,
+                    seed=self.train.seed,
+                )
             rank = m.rank or solve_rank(
                 m.name, m.budget_tokens, m.num_virtual_tokens, hidden_size, self.task.max_length
             )

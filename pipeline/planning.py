@@ -85,7 +85,7 @@ def count_parameters(config: PretrainedConfig) -> dict[str, int]:
 def plan(config: PipelineConfig) -> dict[str, Any]:
     spec, origin = model_spec(config.model.source)
     d = spec.get_text_config().hidden_size
-    method = config.method_config(d)
+    method = config.method_config(spec.get_text_config())
     trainable = trainable_params(method, d)
     counts = count_parameters(spec)
     world = config.distributed.world_size

@@ -82,9 +82,13 @@ def run(ctx: RunContext) -> dict[str, Any]:
     task = get_task(cfg.task.name)
     tokenizer, base = ctx.tokenizer(), ctx.base_model()
     torch.manual_seed(train.seed)
-    d = base.config.get_text_config().hidden_size
     # an int8 base stays outside the engine's module (mode b); otherwise the engine owns it all
-    model = wrap(base, cfg.method_config(d), tokenizer, register_base=not cfg.model.load_in_8bit)
+    model = wrap(
+        base,
+        cfg.method_config(base.config.get_text_config()),
+        tokenizer,
+        register_base=not cfg.model.load_in_8bit,
+    )
     backend = build_backend(model, cfg)
     log.info(
         "%s: %d trainable parameters, world size %d",
@@ -132,6 +136,7 @@ def run(ctx: RunContext) -> dict[str, Any]:
 
     stop = StopFlag()
     started, tokens_since, time_since = time.perf_counter(), 0, time.perf_counter()
+    step_seconds, timed_steps = 0.0, 0  # optimiser steps alone (no dev evaluation or I/O)
     backend.module.train()
     try:
         progress = tqdm(
@@ -149,7 +154,10 @@ def run(ctx: RunContext) -> dict[str, Any]:
                     training_batch([contexts[i] for i in ids], [answers[i] for i in ids], pad_id)
                 )
                 tokens_since += int(micro[-1]["attention_mask"].sum()) * world
+            step_started = time.perf_counter()
             loss, grad_norm = backend.train_step(micro)
+            step_seconds += time.perf_counter() - step_started
+            timed_steps += 1
             if not math.isfinite(loss):
                 good = checkpointer.complete()
                 raise FloatingPointError(
@@ -208,6 +216,7 @@ def run(ctx: RunContext) -> dict[str, Any]:
         "best_step": best["step"],
         f"best_dev_{task.selection_metric}": best["score"],
         "seconds": round(time.perf_counter() - started, 1),
+        "seconds_per_step": round(step_seconds / max(timed_steps, 1), 4),
     }
     if rank == 0:
         shutil.copytree(best_dir, ctx.work_dir / "best_adapter")

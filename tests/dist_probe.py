@@ -50,7 +50,7 @@ def main() -> None:
     rank, world, _ = dist_env()
     base = load_model(model_dir, "bfloat16", "sdpa", load_in_8bit=int8, device="cpu")
     torch.manual_seed(0)
-    model = wrap(base, config.method_config(base.config.hidden_size), register_base=not int8)
+    model = wrap(base, config.method_config(base.config.get_text_config()), register_base=not int8)
     base_before = {n: p.detach().clone() for n, p in base.named_parameters()} if int8 else {}
     backend = DeepSpeedBackend(model, config)
     adapter_before = backend.adapter_state()
