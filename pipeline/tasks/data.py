@@ -75,33 +75,49 @@ class Encoder:
             self._choice_cache[text] = self.tokenizer(text, add_special_tokens=False)["input_ids"]
         return self._choice_cache[text]
 
-    def _fit(self, row: Row, context_ids: list[int], budget: int, source: str) -> list[int]:
+    def _fit(
+        self, rows: list[Row], contexts: list[list[int]], budgets: list[int], source: str
+    ) -> list[list[int]]:
+        """Shorten the truncate field of every over-long row; each round tokenizes all rows
+        still too long in one batched call (a row-by-row loop would dominate the stage)."""
+        contexts = list(contexts)
+        pending = [i for i, ids in enumerate(contexts) if len(ids) > budgets[i]]
+        if not pending:
+            return contexts
         field = self.task.truncate_field
-        line = row.get("_line", "?")
         if field is None:
+            i = pending[0]
             raise DataError(
-                f"{source}: line {line}: {len(context_ids)} context tokens exceed task.max_length="
-                f"{self.max_length} and task {self.task.name} has no field that may be shortened"
+                f"{source}: line {rows[i].get('_line', '?')}: {len(contexts[i])} context tokens "
+                f"exceed task.max_length={self.max_length} and task {self.task.name} has no "
+                "field that may be shortened"
             )
-        text = str(row[field])
+        texts = {i: str(rows[i][field]) for i in pending}
         for _ in range(4):
-            overflow = len(context_ids) - budget
-            if overflow <= 0:
-                return context_ids
-            enc = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
-            keep = len(enc["input_ids"]) - overflow - 1
-            if keep <= 0:
-                empty = self.tokenizer(self.task.context({**row, field: ""}))["input_ids"]
-                raise DataError(
-                    f"task.max_length={self.max_length} is shorter than the template of task "
-                    f"{self.task.name}: it needs {len(empty) + self.max_length - budget} tokens "
-                    f"before any {field} text ({source}: line {line})"
-                )
-            text = text[: enc["offset_mapping"][keep - 1][1]]
-            context_ids = self.tokenizer(self.task.context({**row, field: text}))["input_ids"]
-        if len(context_ids) > budget:
-            raise DataError(f"{source}: line {line}: could not truncate {field} to fit")
-        return context_ids
+            enc = self.tokenizer(
+                [texts[i] for i in pending], add_special_tokens=False, return_offsets_mapping=True
+            )
+            for i, ids, offsets in zip(
+                pending, enc["input_ids"], enc["offset_mapping"], strict=True
+            ):
+                keep = len(ids) - (len(contexts[i]) - budgets[i]) - 1
+                if keep <= 0:
+                    empty = self.tokenizer(self.task.context({**rows[i], field: ""}))["input_ids"]
+                    raise DataError(
+                        f"task.max_length={self.max_length} is shorter than the template of task "
+                        f"{self.task.name}: it needs {len(empty) + self.max_length - budgets[i]} "
+                        f"tokens before any {field} text ({source}: line "
+                        f"{rows[i].get('_line', '?')})"
+                    )
+                texts[i] = texts[i][: offsets[keep - 1][1]]
+            shortened = [self.task.context({**rows[i], field: texts[i]}) for i in pending]
+            for i, ids in zip(pending, self.tokenizer(shortened)["input_ids"], strict=True):
+                contexts[i] = ids
+            pending = [i for i in pending if len(contexts[i]) > budgets[i]]
+            if not pending:
+                return contexts
+        line = rows[pending[0]].get("_line", "?")
+        raise DataError(f"{source}: line {line}: could not truncate {field} to fit")
 
     def encode(self, rows: list[Row], source: str, labelled: bool = True) -> dict[str, list]:
         """Token ids per row; ``labelled=False`` (prediction) gives label -1 and gold NaN."""
@@ -110,17 +126,15 @@ class Encoder:
         out: dict[str, list] = {
             k: [] for k in ("context_ids", "choice_ids", "label", "gold", "truncated")
         }
-        for row, context_ids in zip(rows, contexts, strict=True):
-            choices = [self.choice_ids(c) for c in self.task.choices_for(row)]
+        choices = [[self.choice_ids(c) for c in self.task.choices_for(r)] for r in rows]
+        budgets = [self.max_length - max(len(c) for c in row_choices) for row_choices in choices]
+        fitted_contexts = self._fit(rows, contexts, budgets, source)
+        for row, context_ids, fitted, row_choices in zip(
+            rows, contexts, fitted_contexts, choices, strict=True
+        ):
             label = self.task.label(row, source) if labelled else -1
-            budget = self.max_length - max(len(c) for c in choices)
-            fitted = (
-                context_ids
-                if len(context_ids) <= budget
-                else self._fit(row, context_ids, budget, source)
-            )
             out["context_ids"].append(fitted)
-            out["choice_ids"].append(choices)
+            out["choice_ids"].append(row_choices)
             out["label"].append(label)
             out["gold"].append(self.task.gold(row, label) if labelled else float("nan"))
             out["truncated"].append(len(fitted) < len(context_ids))
