@@ -80,10 +80,17 @@ def barrier() -> None:
         torch.distributed.barrier()
 
 
+def collective_device() -> torch.device:
+    """Where small collective tensors must live: NCCL reduces CUDA tensors only."""
+    if torch.distributed.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
 def all_reduce_mean(value: float) -> float:
     if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
         return value
-    tensor = torch.tensor([value], dtype=torch.float64)
+    tensor = torch.tensor([value], dtype=torch.float64, device=collective_device())
     torch.distributed.all_reduce(tensor)
     return float(tensor) / torch.distributed.get_world_size()
 
@@ -92,7 +99,7 @@ def any_rank(flag: bool) -> bool:
     """True on every rank when any rank says True (e.g. a signal arrived on one of them)."""
     if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
         return flag
-    tensor = torch.tensor([int(flag)])
+    tensor = torch.tensor([int(flag)], device=collective_device())
     torch.distributed.all_reduce(tensor, op=torch.distributed.ReduceOp.MAX)
     return bool(tensor.item())
 
