@@ -1,4 +1,4 @@
-"""The ``pipeline`` command: run, validate, predict."""
+"""The ``pipeline`` command: run, validate, predict, sweep, submit, compare."""
 
 from __future__ import annotations
 
@@ -23,6 +23,7 @@ def _known_errors() -> tuple[type[BaseException], ...]:
     from .methods import BudgetError
     from .models import ModelLoadError
     from .slurm import SlurmError
+    from .study import StudyError
     from .tasks import DataError
     from .tracking import TrackingError
 
@@ -30,6 +31,7 @@ def _known_errors() -> tuple[type[BaseException], ...]:
         ConfigError,
         TrackingError,
         SlurmError,
+        StudyError,
         StageError,
         DataError,
         ModelLoadError,
@@ -58,7 +60,7 @@ def preflight(config: PipelineConfig) -> None:
     except FileNotFoundError:
         return
     try:
-        config.method_config(spec.get_text_config().hidden_size)
+        config.method_config(spec.get_text_config())
     except BudgetError as exc:
         raise ConfigError(f"method: {exc}") from None
     if config.distributed.deepspeed:
@@ -108,6 +110,16 @@ def cmd_submit(args: argparse.Namespace) -> int:
     jobs = submit(args.config, args.set, args.sbatch_arg, args.max_parallel)
     for stage, job_id in jobs.items():
         print(f"{stage:<9} job {job_id}")
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from .study import compare
+
+    command = " ".join(["pipeline", *args.argv])
+    report = compare(args.study, args.dry_run, args.parallel, command)
+    if not args.dry_run:
+        print(f"report: {report / 'report.md'}")
     return 0
 
 
@@ -207,6 +219,14 @@ def build_parser() -> argparse.ArgumentParser:
     submit.add_argument("--max-parallel", type=int, help="array throttle (%%N)")
     submit.set_defaults(func=cmd_submit)
 
+    compare = sub.add_parser(
+        "compare", help="method comparison study: lr grid on dev, seeds, test, report"
+    )
+    compare.add_argument("study", help="study YAML, e.g. configs/studies/gemma3_270m.yaml")
+    compare.add_argument("--dry-run", action="store_true", help="print the grid jobs only")
+    compare.add_argument("--parallel", type=int, help="jobs at a time (overrides the file)")
+    compare.set_defaults(func=cmd_compare)
+
     validate = sub.add_parser("validate", help="check config, print budget, stage and memory plan")
     with_config(validate)
     validate.set_defaults(func=cmd_validate)
@@ -221,7 +241,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
+    args.argv = argv  # the exact command, for reports
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

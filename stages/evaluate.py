@@ -2,12 +2,15 @@
 
 Inputs:  tokenize/test, train/best_adapter.
 Outputs: ``metrics.json`` (test metrics of the trained adapter and, when eval.zero_shot, of the
-         base model alone through the same code), ``predictions.jsonl`` (per-row choice scores).
+         base model alone through the same code), ``timing.json`` (seconds per scored batch),
+         ``predictions.jsonl`` (per-row choice scores).
 """
 
 from __future__ import annotations
 
 import json
+import math
+import time
 from typing import Any
 
 import datasets
@@ -26,19 +29,26 @@ def run(ctx: RunContext) -> dict[str, Any]:
     test = datasets.load_from_disk(str(ctx.input_dir("tokenize") / "test"))
     adapter_dir = ctx.input_dir("train") / "best_adapter"
 
-    models = {"adapter": SoftPromptModel.from_pretrained(base, adapter_dir)}
+    # built one at a time: wrapping the base again takes out a LoRA adapter's layers
+    models = {"adapter": lambda: SoftPromptModel.from_pretrained(base, adapter_dir)}
     if cfg.eval.zero_shot:
-        models["zero_shot"] = ZeroShot(base)
+        models["zero_shot"] = lambda: ZeroShot(base)
     results: dict[str, Any] = {"task": task.name, "split": "test", "rows": len(test)}
-    for name, model in models.items():
+    timing: dict[str, float] = {}
+    for name, build in models.items():
+        model = build()
+        started = time.perf_counter()
         with tqdm(total=len(test), desc=f"evaluate {name}", unit="row", mininterval=5) as bar:
             metrics, rows = evaluate_dataset(
                 model, task, test, tokenizer.pad_token_id, cfg.eval.batch_size, bar
             )
+        batches = max(math.ceil(len(test) / cfg.eval.batch_size), 1)
+        timing[f"{name}_seconds_per_batch"] = round((time.perf_counter() - started) / batches, 4)
         results[name] = metrics
         if name == "adapter":
             with open(ctx.work_dir / "predictions.jsonl", "w") as f:
                 f.writelines(json.dumps(r) + "\n" for r in rows)
         ctx.log_metrics({f"test/{name}/{k}": v for k, v in metrics.items()}, None)
     write_json_atomic(ctx.work_dir / "metrics.json", results)
+    write_json_atomic(ctx.work_dir / "timing.json", {"batch_size": cfg.eval.batch_size, **timing})
     return {k: v for k, v in results.items() if k in ("adapter", "zero_shot")}

@@ -167,6 +167,8 @@ def test_validate_llama7b_plans_offline(capsys) -> None:
 def test_every_shipped_config_validates(capsys) -> None:
     for path in sorted((REPO / "configs").glob("*.yaml")):
         assert main(["validate", str(path)]) == 0, path
+    for path in sorted((REPO / "configs" / "studies").glob("*.yaml")):
+        assert main(["compare", str(path), "--dry-run"]) == 0, path  # validates every job
 
 
 def test_config_errors_exit_2_with_key_path(tmp_path) -> None:

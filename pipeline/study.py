@@ -1,0 +1,252 @@
+"""The method comparison study behind ``pipeline compare configs/studies/gemma3_270m.yaml``.
+
+Plan (every job is a plain ``pipeline run`` of the base config with ``--set`` overrides, so each
+can be re-run by hand, and every stage is cached: re-running the command resumes a stopped study):
+
+1. grid:   each task × method × learning-rate point, first seed, stages tokenize → train;
+2. select: per task × method, the point with the best dev score (ties: the earlier point);
+3. seeds:  every seed at the selected point, through evaluate (test, the paper's protocol); the
+           first seed's train stage is a cache hit. Zero-shot is scored once per task.
+4. report: :mod:`pipeline.study_report` (markdown table, plots, MLflow).
+
+Jobs run as subprocesses, ``parallel`` at a time with ``threads_per_run`` CPU threads each (the
+local equivalent of a Slurm array throttled to ``%parallel``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from .config import ConfigError, load_config
+
+log = logging.getLogger(__name__)
+
+TRAIN_STAGES = "tokenize,shard,train"
+TEST_STAGES = "tokenize,shard,train,evaluate"
+
+
+class StudyError(RuntimeError):
+    """Some study jobs failed; the message lists them with their log files."""
+
+
+class StudyConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(..., min_length=1, description="Study name: runs go to output_dir/name.")
+    base_config: str = Field(
+        ..., description="Pipeline config every job starts from (relative to the study file)."
+    )
+    output_dir: str = "runs"
+    report_dir: str = Field("reports", description="The report goes to report_dir/name.")
+    seeds: list[int] = Field(
+        ...,
+        min_length=1,
+        description="train.seed values; the first one also runs the learning-rate grid.",
+    )
+    parallel: int = Field(2, gt=0, description="Jobs at a time.")
+    threads_per_run: int = Field(1, gt=0, description="OMP/torch threads of each job.")
+    common: dict[str, Any] = Field(default_factory=dict, description="KEY.PATH: value for all.")
+    tasks: dict[str, dict[str, Any]] = Field(..., min_length=1)
+    methods: dict[str, dict[str, Any]] = Field(..., min_length=1)
+    lr_grid: dict[str, list[dict[str, Any]]] = Field(
+        ..., description="Per method: the learning-rate points (KEY.PATH: value) tried on dev."
+    )
+
+    @model_validator(mode="after")
+    def _grid_covers_methods(self) -> StudyConfig:
+        missing = sorted(set(self.methods) - set(self.lr_grid))
+        extra = sorted(set(self.lr_grid) - set(self.methods))
+        if missing or extra:
+            raise ValueError(
+                f"lr_grid must list exactly the methods: missing {missing}, unknown {extra}"
+            )
+        empty = sorted(m for m, points in self.lr_grid.items() if not points)
+        if empty:
+            raise ValueError(f"lr_grid: no learning-rate point for {empty}")
+        return self
+
+    @property
+    def study_dir(self) -> Path:
+        return Path(self.output_dir) / self.name
+
+
+def load_study(path: str | os.PathLike) -> tuple[StudyConfig, Path]:
+    """The validated study and its base config path; every job config is validated too."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"study file {path} does not exist")
+    try:
+        study = StudyConfig.model_validate(yaml.safe_load(path.read_text()) or {})
+    except ValidationError as exc:
+        errors = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        raise ConfigError(f"{path}: invalid study: {errors}") from None
+    base = (path.parent / study.base_config).resolve()
+    for job in plan_grid(study):  # fail before any work on a bad override
+        load_config(base, job.overrides)
+    return study, base
+
+
+@dataclass(frozen=True)
+class Job:
+    task: str
+    method: str
+    lr_index: int
+    seed: int
+    overrides: tuple[str, ...]
+    stages: str
+
+    @property
+    def key(self) -> str:
+        return f"{self.task}-{self.method}-lr{self.lr_index}-s{self.seed}"
+
+
+def _sets(values: dict[str, Any]) -> list[str]:
+    return [f"{k}={json.dumps(v)}" for k, v in values.items()]
+
+
+def make_job(
+    study: StudyConfig,
+    task: str,
+    method: str,
+    lr_index: int,
+    seed: int,
+    stages: str,
+    zero_shot: bool = False,
+) -> Job:
+    key = f"{task}-{method}-lr{lr_index}-s{seed}"
+    values = {
+        "name": study.name,
+        "variant": key,
+        "output_dir": study.output_dir,
+        "tracking.experiment": study.name,
+        "eval.zero_shot": zero_shot,
+        **study.common,
+        "task.name": task,
+        **study.tasks[task],
+        "method.name": method,
+        **study.methods[method],
+        **study.lr_grid[method][lr_index],
+        "train.seed": seed,
+    }
+    return Job(task, method, lr_index, seed, tuple(_sets(values)), stages)
+
+
+def plan_grid(study: StudyConfig) -> list[Job]:
+    return [
+        make_job(study, task, method, i, study.seeds[0], TRAIN_STAGES)
+        for task in study.tasks
+        for method in study.methods
+        for i in range(len(study.lr_grid[method]))
+    ]
+
+
+def plan_seeds(study: StudyConfig, selected: dict[tuple[str, str], int]) -> list[Job]:
+    """Every seed at the selected point; the first method's first seed also scores zero-shot."""
+    first_method = next(iter(study.methods))
+    return [
+        make_job(
+            study,
+            task,
+            method,
+            selected[task, method],
+            seed,
+            TEST_STAGES,
+            zero_shot=method == first_method and seed == study.seeds[0],
+        )
+        for task in study.tasks
+        for method in study.methods
+        for seed in study.seeds
+    ]
+
+
+def job_command(base: Path, job: Job) -> list[str]:
+    command = [sys.executable, "-m", "pipeline.cli", "run", str(base), "--stages", job.stages]
+    for item in job.overrides:
+        command += ["--set", item]
+    return command
+
+
+def run_dir(study: StudyConfig, job: Job) -> Path:
+    return study.study_dir / "variants" / job.key
+
+
+def run_jobs(study: StudyConfig, base: Path, jobs: list[Job], phase: str) -> None:
+    """Run ``jobs`` ``study.parallel`` at a time; raise StudyError naming every failed job."""
+    logs = study.study_dir / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    threads = str(study.threads_per_run)
+    env = {**os.environ, "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}
+
+    def run_one(job: Job) -> tuple[Job, int, Path]:
+        log_file = logs / f"{job.key}.{phase}.log"
+        with open(log_file, "w") as out:
+            rc = subprocess.run(
+                job_command(base, job), stdout=out, stderr=subprocess.STDOUT, env=env
+            ).returncode
+        log.info("%s %s: exit %d", phase, job.key, rc)
+        return job, rc, log_file
+
+    with ThreadPoolExecutor(max_workers=study.parallel) as pool:
+        results = list(pool.map(run_one, jobs))
+    failed = [f"{job.key} (exit {rc}, log {path})" for job, rc, path in results if rc != 0]
+    if failed:
+        raise StudyError(f"{len(failed)} {phase} job(s) failed: " + "; ".join(failed))
+
+
+def dev_score(study: StudyConfig, job: Job) -> float:
+    summary_file = run_dir(study, job) / "train" / "train_summary.json"
+    summary = json.loads(summary_file.read_text())
+    return next(v for k, v in summary.items() if k.startswith("best_dev_"))
+
+
+def select(study: StudyConfig, grid: list[Job]) -> dict[tuple[str, str], int]:
+    """Per task × method, the grid point with the best dev score (the earlier one on ties)."""
+    best: dict[tuple[str, str], tuple[float, int]] = {}
+    for job in grid:
+        score = dev_score(study, job)
+        current = best.get((job.task, job.method))
+        if current is None or score > current[0]:
+            best[job.task, job.method] = (score, job.lr_index)
+    return {key: index for key, (_, index) in best.items()}
+
+
+def by_cost(jobs: list[Job], study: StudyConfig) -> list[Job]:
+    """Longest tasks first (task order in the study file is cheapest first by convention)."""
+    order = {task: i for i, task in enumerate(study.tasks)}
+    return sorted(jobs, key=lambda job: -order[job.task])
+
+
+def compare(
+    path: str | os.PathLike,
+    dry_run: bool = False,
+    parallel: int | None = None,
+    command: str | None = None,
+) -> Path:
+    """Run (or, with ``dry_run``, print) the whole study; returns the report directory."""
+    from .study_report import write_report
+
+    study, base = load_study(path)
+    if parallel is not None:
+        study.parallel = parallel
+    grid = plan_grid(study)
+    if dry_run:
+        for job in grid:
+            print(" ".join(job_command(base, job)))
+        seed_jobs = len(study.tasks) * len(study.methods) * len(study.seeds)
+        print(f"# {len(grid)} grid jobs, then {seed_jobs} seed jobs at the selected points")
+        return Path(study.report_dir) / study.name
+    run_jobs(study, base, by_cost(grid, study), "grid")
+    seeds = plan_seeds(study, select(study, grid))
+    run_jobs(study, base, by_cost(seeds, study), "seeds")
+    return write_report(study, path, base, grid, seeds, command)

@@ -1,0 +1,120 @@
+"""`pipeline compare`: the lr grid on dev, seeds at the selected point, test, report, MLflow —
+on a tiny Gemma-3 with real BoolQ rows, jobs as real `pipeline run` subprocesses, 2 at a time."""
+
+from __future__ import annotations
+
+import json
+import statistics
+from pathlib import Path
+
+import mlflow
+import pytest
+import yaml
+
+from pipeline.cli import main
+from pipeline.methods import adept_params, adept_rank
+from tests.test_pipeline import write_config
+
+METHODS = ("adept", "lora")
+SEEDS = (1, 2)
+
+
+def write_study(tmp: Path, model_dir: Path) -> Path:
+    base = write_config(tmp, model_dir, train={"steps": 2, "eval_every": 2})
+    study = {
+        "name": "tiny_study",
+        "base_config": base.name,
+        "output_dir": str(tmp / "runs"),
+        "report_dir": str(tmp / "reports"),
+        "seeds": list(SEEDS),
+        "parallel": 2,
+        "common": {"task.train_limit": 16},
+        "tasks": {"boolq": {"train.steps": 2, "train.eval_every": 2}},
+        "methods": {"adept": {"method.num_virtual_tokens": 4}, "lora": {}},
+        "lr_grid": {
+            "adept": [{"train.lr_prompt": 0.001}, {"train.lr_prompt": 0.3}],
+            "lora": [{"train.lr_offset": 0.0001}, {"train.lr_offset": 0.05}],
+        },
+    }
+    path = tmp / "study.yaml"
+    path.write_text(yaml.safe_dump(study, sort_keys=False))
+    return path
+
+
+@pytest.fixture(scope="module")
+def finished_study(tmp_path_factory, tiny_model_dir):
+    tmp = tmp_path_factory.mktemp("study")
+    path = write_study(tmp, tiny_model_dir)
+    assert main(["compare", str(path)]) == 0
+    return path, tmp
+
+
+def dev(tmp: Path, key: str) -> float:
+    summary = tmp / "runs/tiny_study/variants" / key / "train/train_summary.json"
+    return json.loads(summary.read_text())["best_dev_accuracy"]
+
+
+def test_dry_run_lists_grid_jobs(tmp_path, tiny_model_dir, capsys) -> None:
+    path = write_study(tmp_path, tiny_model_dir)
+    assert main(["compare", str(path), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    commands = [line for line in out.splitlines() if "pipeline.cli run" in line]
+    assert len(commands) == 4 and all("--stages tokenize,shard,train" in c for c in commands)
+    assert "# 4 grid jobs, then 4 seed jobs" in out
+    assert not (tmp_path / "runs").exists()
+
+
+def test_selection_seeds_and_report(finished_study) -> None:
+    path, tmp = finished_study
+    results = json.loads((tmp / "reports/tiny_study/results.json").read_text())["results"]
+    boolq = results["boolq"]
+    for method in METHODS:
+        grid = [dev(tmp, f"boolq-{method}-lr{i}-s{SEEDS[0]}") for i in range(2)]
+        chosen = 0 if grid[0] >= grid[1] else 1
+        runs = boolq["methods"][method]
+        assert [r["seed"] for r in runs] == list(SEEDS)
+        assert all(r["lr_index"] == chosen for r in runs)
+        for r in runs:  # the report's numbers are the evaluate stage's numbers
+            metrics_file = (
+                tmp / f"runs/tiny_study/variants/boolq-{method}-lr{chosen}-s{r['seed']}"
+                "/evaluate/metrics.json"
+            )
+            assert r["test"] == json.loads(metrics_file.read_text())["adapter"]["accuracy"]
+            assert r["train_seconds_per_step"] > 0 and r["infer_seconds_per_batch"] > 0
+    d, m = 64, 4  # tiny Gemma width; budget L=10 from the base config
+    expected = adept_params(m, adept_rank(10, m, d), d)
+    assert boolq["methods"]["adept"][0]["trainable_parameters"] == expected == 578
+    assert 0.0 <= boolq["zero_shot"] <= 1.0
+    report = (tmp / "reports/tiny_study/report.md").read_text()
+    assert f"pipeline compare {path}" in report and "Git commit:" in report
+    lora_mean = statistics.fmean(r["test"] for r in boolq["methods"]["lora"])
+    assert f"| LoRA | {boolq['methods']['lora'][0]['trainable_parameters']:,} | " in report
+    assert f"{lora_mean:.3f} ± " in report
+    for png in ("bars.png", "curves.png"):
+        assert (tmp / "reports/tiny_study" / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_report_is_logged_to_mlflow(finished_study) -> None:
+    _, tmp = finished_study
+    run_id = (tmp / "reports/tiny_study/mlflow_run.txt").read_text().strip()
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{tmp / 'runs' / 'mlflow.db'}")
+    run = client.get_run(run_id)
+    results = json.loads((tmp / "reports/tiny_study/results.json").read_text())["results"]
+    adept = [r["test"] for r in results["boolq"]["methods"]["adept"]]
+    assert run.data.metrics["test.boolq.adept.mean"] == pytest.approx(statistics.fmean(adept))
+    artifacts = {a.path for a in client.list_artifacts(run_id, "report")}
+    assert {"report/report.md", "report/bars.png", "report/curves.png"} <= artifacts
+    experiment = client.get_experiment(run.info.experiment_id)
+    job_runs = client.search_runs([experiment.experiment_id])
+    # the report + 4 grid jobs + 2 new seed jobs (the first seed's job continues its grid run)
+    assert len(job_runs) == 1 + 4 + 2
+
+
+def test_rerun_is_served_from_cache(finished_study) -> None:
+    path, tmp = finished_study
+    assert main(["compare", str(path)]) == 0
+    logs = sorted((tmp / "runs/tiny_study/logs").glob("*.seeds.log"))
+    assert len(logs) == 4
+    for log in logs:
+        text = log.read_text()
+        assert " train     cached" in text and " evaluate  cached" in text, log.name
