@@ -14,10 +14,12 @@ the data position; a sha256 manifest written last marks one complete and is veri
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import shutil
+from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -307,6 +309,21 @@ class DeepSpeedBackend:
             str(directory.parent), tag=directory.name, load_module_strict=False
         )
         set_rng_state(load_file(directory / f"rng_rank{self.rank}.safetensors"))
+
+
+@contextlib.contextmanager
+def zero3_loading(config: PipelineConfig, world_size: int) -> Iterator[None]:
+    """Mode (a) under ZeRO-3: models built or loaded inside are partitioned at construction
+    (transformers sees a live ``HfDeepSpeedConfig``), so per-rank memory is 1/world of the
+    frozen weights from the start. A no-op for other modes and without DeepSpeed."""
+    dist = config.distributed
+    if not (dist.deepspeed and dist.zero_stage == 3 and not config.model.load_in_8bit):
+        yield
+        return
+    from transformers.integrations import HfDeepSpeedConfig
+
+    keep_alive = HfDeepSpeedConfig(fill_ds_config(config, world_size))  # noqa: F841 (weakref)
+    yield
 
 
 def build_backend(model: SoftPromptModel, config: PipelineConfig):

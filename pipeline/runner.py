@@ -146,14 +146,26 @@ class RunContext:
         m = self.config.model
         return self.memo("tokenizer", lambda: load_tokenizer(m.source, m.hub_token))
 
-    def base_model(self):
+    def base_model(self, zero3_world_size: int | None = None):
+        """The frozen base, loaded once per process. ``zero3_world_size``: load it for the ZeRO-3
+        engine of that many ranks; in mode (a) the weights are then partitioned as they load
+        (``deepspeed.zero.Init`` via transformers), so no rank ever holds the whole model, and
+        such a base only works inside the engine."""
+        from .distributed import zero3_loading
         from .models import load_model
 
         m = self.config.model
-        return self.memo(
-            "base_model",
-            lambda: load_model(m.source, m.dtype, m.attention, m.load_in_8bit, token=m.hub_token),
-        )
+
+        def load():
+            partitioned = zero3_world_size is not None
+            with (
+                zero3_loading(self.config, zero3_world_size)
+                if partitioned
+                else contextlib.nullcontext()
+            ):
+                return load_model(m.source, m.dtype, m.attention, m.load_in_8bit, token=m.hub_token)
+
+        return self.memo(f"base_model-{zero3_world_size}", load)
 
 
 @dataclass

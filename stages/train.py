@@ -80,7 +80,8 @@ def run(ctx: RunContext) -> dict[str, Any]:
         init_process_group()
     rank, world, _ = dist_env()
     task = get_task(cfg.task.name)
-    tokenizer, base = ctx.tokenizer(), ctx.base_model()
+    zero3_world = world if cfg.distributed.deepspeed else None
+    tokenizer, base = ctx.tokenizer(), ctx.base_model(zero3_world_size=zero3_world)
     torch.manual_seed(train.seed)
     # an int8 base stays outside the engine's module (mode b); otherwise the engine owns it all
     model = wrap(

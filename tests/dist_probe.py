@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 
 from pipeline.config import PipelineConfig
-from pipeline.distributed import DeepSpeedBackend, dist_env, init_process_group
+from pipeline.distributed import DeepSpeedBackend, dist_env, init_process_group, zero3_loading
 from pipeline.methods import wrap
 from pipeline.models import load_model
 
@@ -48,7 +48,9 @@ def main() -> None:
     )
     init_process_group()
     rank, world, _ = dist_env()
-    base = load_model(model_dir, "bfloat16", "sdpa", load_in_8bit=int8, device="cpu")
+    with zero3_loading(config, world):  # the train stage's loading path
+        base = load_model(model_dir, "bfloat16", "sdpa", load_in_8bit=int8, device="cpu")
+    held_at_load = sum(getattr(p, "ds_tensor", p).numel() for p in base.parameters())
     torch.manual_seed(0)
     model = wrap(base, config.method_config(base.config.get_text_config()), register_base=not int8)
     base_before = {n: p.detach().clone() for n, p in base.named_parameters()} if int8 else {}
@@ -88,6 +90,7 @@ def main() -> None:
                 "adapter_changed": changed,
                 "base_unchanged": base_unchanged,
                 "int8_layers": int8_layers,
+                "held_at_load_elements": held_at_load,
             }
         )
     )

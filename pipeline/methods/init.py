@@ -2,10 +2,22 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 from torch import nn
 
 from .config import SoftPromptConfig
+
+
+def gathered(module: nn.Module) -> contextlib.AbstractContextManager:
+    """Whole weights of a module whose parameters ZeRO-3 partitioned at load; else a no-op."""
+    partitioned = [p for p in module.parameters() if hasattr(p, "ds_id")]
+    if not partitioned:
+        return contextlib.nullcontext()
+    import deepspeed
+
+    return deepspeed.zero.GatheredParameters(partitioned)
 
 
 def _usable_vocab_ids(embedding: nn.Module, vocab_size: int, chunk: int = 16384) -> torch.Tensor:
@@ -45,10 +57,11 @@ def init_prompt(
     config: SoftPromptConfig, embedding: nn.Module, vocab_size: int, tokenizer=None
 ) -> torch.Tensor:
     """(m, d) float32 prompt copied from real token embeddings (the space ``embedding`` returns)."""
-    ids = prompt_token_ids(config, embedding, vocab_size, tokenizer)
-    device = next(embedding.parameters()).device
-    with torch.no_grad():
-        prompt = embedding(ids.to(device)).float().clone()
+    with gathered(embedding):
+        ids = prompt_token_ids(config, embedding, vocab_size, tokenizer)
+        device = next(embedding.parameters()).device
+        with torch.no_grad():
+            prompt = embedding(ids.to(device)).float().clone()
     if not torch.all(prompt.norm(dim=-1) > 0):
         raise ValueError("prompt initialisation produced a zero vector; choose another init")
     return prompt
