@@ -35,15 +35,21 @@ def gemma(dtype: str = "bfloat16"):
     return load_tokenizer(GEMMA_PACKAGE_SOURCE), load_model(GEMMA_PACKAGE_SOURCE, dtype, "sdpa")
 
 
-def median_seconds(step: Callable[[], object], repeats: int, warmup: int = 1) -> float:
-    for _ in range(warmup):
-        step()
-    times = []
+def interleaved_medians(
+    steps: dict[str, Callable[[], object]], repeats: int, warmup: int = 1
+) -> dict[str, float]:
+    """Median seconds per step, timing the candidates in round-robin order (one call each per
+    round) so that drift in machine load hits every candidate alike."""
+    for step in steps.values():
+        for _ in range(warmup):
+            step()
+    times: dict[str, list[float]] = {name: [] for name in steps}
     for _ in range(repeats):
-        start = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+        for name, step in steps.items():
+            start = time.perf_counter()
+            step()
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(values) for name, values in times.items()}
 
 
 def peak_rss_mb() -> float:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 
 import torch
-from common import gemma, median_seconds, real_batch, report
+from common import gemma, interleaved_medians, real_batch, report
 
 from pipeline.methods import ADePT, PromptTuning, ZeroShot
 from pipeline.scoring import score_choices
@@ -27,24 +27,31 @@ def main() -> None:
     contexts, choices = encoded["context_ids"], encoded["choice_ids"]
     n = max(len(c) for c in contexts)
 
-    def latency(model) -> float:
+    def scorer(model):
         model.eval()
-        with torch.no_grad():
-            return median_seconds(
-                lambda: score_choices(model, contexts, choices, tokenizer.pad_token_id, args.batch),
-                args.repeats,
-            )
+
+        def score():
+            with torch.no_grad():
+                score_choices(model, contexts, choices, tokenizer.pad_token_id, args.batch)
+
+        return score
 
     adept = ADePT(base, num_virtual_tokens=60)
     with torch.no_grad():  # a trained-looking FFN, so folding has something to fold
         adept.offset.up.weight.normal_(0, 0.02)
-    seconds = {
-        "base_no_prompt": latency(ZeroShot(base)),
-        "pt_100": latency(PromptTuning(base, num_virtual_tokens=100)),
-        "adept_60_unfolded": latency(adept),
-    }
-    adept.fold()
-    seconds["adept_60_folded"] = latency(adept)
+    folded = ADePT(base, adept.config)
+    folded.soft_prompt.load_state_dict(adept.soft_prompt.state_dict())
+    folded.offset.load_state_dict(adept.offset.state_dict())
+    folded.fold()
+    seconds = interleaved_medians(
+        {
+            "base_no_prompt": scorer(ZeroShot(base)),
+            "pt_100": scorer(PromptTuning(base, num_virtual_tokens=100)),
+            "adept_60_unfolded": scorer(adept),
+            "adept_60_folded": scorer(folded),
+        },
+        args.repeats,
+    )
     seq_ratio = (n + 60) / (n + 100)
     ratio = seconds["adept_60_folded"] / seconds["pt_100"]
     result = {

@@ -12,18 +12,24 @@ import os
 import resource
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 import psutil
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM
+from transformers import AutoModelForCausalLM, LlamaConfig
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from pipeline.config import PipelineConfig  # noqa: E402
-from pipeline.distributed import DeepSpeedBackend, dist_env, init_process_group  # noqa: E402
+from pipeline.distributed import (  # noqa: E402
+    DeepSpeedBackend,
+    dist_env,
+    init_process_group,
+    zero3_loading,
+)
 from pipeline.methods import ADePT  # noqa: E402
 
 DIMS = dict(
@@ -36,15 +42,19 @@ DIMS = dict(
 )
 
 
-def worker(steps: int, seq: int) -> None:
+SMOKE_DIMS = dict(
+    DIMS,
+    hidden_size=128,
+    intermediate_size=256,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=4,
+)
+
+
+def worker(steps: int, seq: int, dims: dict) -> None:
     init_process_group()
     rank, world, _ = dist_env()
-    torch.manual_seed(0)
-    torch.set_default_dtype(torch.bfloat16)
-    base = LlamaForCausalLM(LlamaConfig(**DIMS)).eval()
-    torch.set_default_dtype(torch.float32)
-    total = sum(p.numel() for p in base.parameters())
-    model = ADePT(base, num_virtual_tokens=60)
     config = PipelineConfig.model_validate(
         {
             "name": "scale",
@@ -53,6 +63,12 @@ def worker(steps: int, seq: int) -> None:
             "distributed": {"deepspeed": True, "zero_stage": 3, "nproc_per_node": world},
         }
     )
+    torch.manual_seed(0)
+    with zero3_loading(config, world):  # the pipeline's mode (a): partitioned as it is built
+        base = AutoModelForCausalLM.from_config(LlamaConfig(**dims), dtype=torch.bfloat16).eval()
+    base.requires_grad_(False)
+    total = sum(getattr(p, "ds_numel", p.numel()) for p in base.parameters())
+    model = ADePT(base, num_virtual_tokens=60)
     backend = DeepSpeedBackend(model, config)
     frozen_local = sum(
         p.ds_tensor.numel()
@@ -68,7 +84,7 @@ def worker(steps: int, seq: int) -> None:
         start = time.perf_counter()
         backend.train_step([batch])
         times.append(time.perf_counter() - start)
-    print(
+    Path(os.environ["SCALE_OUT"], f"rank{rank}.json").write_text(
         json.dumps(
             {
                 "rank": rank,
@@ -80,13 +96,13 @@ def worker(steps: int, seq: int) -> None:
                 "rss_now_mb": psutil.Process().memory_info().rss / 2**20,
                 "seconds_per_step": sorted(times)[len(times) // 2],
             }
-        ),
-        flush=True,
+        )
     )
 
 
-def launch(nproc: int, steps: int, seq: int) -> list[dict]:
-    env = dict(os.environ, OMP_NUM_THREADS=str(max(1, 2 // nproc)), PYTHONPATH=str(REPO))
+def launch(nproc: int, steps: int, seq: int, smoke: bool) -> list[dict]:
+    pythonpath = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
+    env = dict(os.environ, OMP_NUM_THREADS=str(max(1, 2 // nproc)), PYTHONPATH=pythonpath)
     cmd = [
         sys.executable,
         "-m",
@@ -99,9 +115,13 @@ def launch(nproc: int, steps: int, seq: int) -> list[dict]:
         str(steps),
         "--seq",
         str(seq),
+        *(["--smoke"] if smoke else []),
     ]
-    out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True).stdout
-    return [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+    with tempfile.TemporaryDirectory() as out:
+        proc = subprocess.run(cmd, env={**env, "SCALE_OUT": out}, capture_output=True, text=True)
+        if proc.returncode:
+            raise SystemExit(f"{nproc}-rank run failed:\n{proc.stderr[-3000:]}")
+        return [json.loads(f.read_text()) for f in sorted(Path(out).glob("rank*.json"))]
 
 
 def main() -> None:
@@ -109,16 +129,17 @@ def main() -> None:
     parser.add_argument("--worker", action="store_true")
     parser.add_argument("--steps", type=int, default=2)
     parser.add_argument("--seq", type=int, default=32)
+    parser.add_argument("--smoke", action="store_true", help="tiny dims: check the script runs")
     args = parser.parse_args()
     if args.worker:
-        return worker(args.steps, args.seq)
-    rows = launch(1, args.steps, args.seq) + launch(2, args.steps, args.seq)
+        return worker(args.steps, args.seq, SMOKE_DIMS if args.smoke else DIMS)
+    rows = launch(1, args.steps, args.seq, args.smoke) + launch(2, args.steps, args.seq, args.smoke)
     one = rows[0]
     print(
         json.dumps(
             {
                 "bench": "scale",
-                "dims": DIMS,
+                "dims": SMOKE_DIMS if args.smoke else DIMS,
                 "rows": rows,
                 "rank_rss_over_single": [r["rss_now_mb"] / one["rss_now_mb"] for r in rows[1:]],
             }

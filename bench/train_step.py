@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 
 import torch
-from common import gemma, median_seconds, real_batch, report
+from common import gemma, interleaved_medians, real_batch, report
 from peft import PromptTuningConfig, get_peft_model
 
 from pipeline.methods import ADePT, DePT, PromptTuning
@@ -74,14 +74,14 @@ def main() -> None:
         params = [p for p in model.parameters() if p.requires_grad]
         return optimizer_step(params, lambda: model(**batch).loss)
 
-    seconds = {
-        "raw_lower_bound_60": median_seconds(raw_lower_bound(base, batch, 60), args.steps),
-        "adept_60": median_seconds(ours(ADePT, num_virtual_tokens=60), args.steps),
-        "dept_60": median_seconds(ours(DePT, num_virtual_tokens=60, max_length=n), args.steps),
-        "pt_100": median_seconds(ours(PromptTuning, num_virtual_tokens=100), args.steps),
+    steps = {
+        "raw_lower_bound_60": raw_lower_bound(base, batch, 60),
+        "adept_60": ours(ADePT, num_virtual_tokens=60),
+        "dept_60": ours(DePT, num_virtual_tokens=60, max_length=n),
+        "pt_100": ours(PromptTuning, num_virtual_tokens=100),
     }
-    peft_step, _ = peft_prompt_tuning(base, batch, 100)  # last: PEFT wraps the base
-    seconds["peft_pt_100"] = median_seconds(peft_step, args.steps)
+    steps["peft_pt_100"], _ = peft_prompt_tuning(base, batch, 100)  # prompt learning: no
+    seconds = interleaved_medians(steps, args.steps)  # layer of the shared base is replaced
 
     ratios = {
         "adept_over_raw": seconds["adept_60"] / seconds["raw_lower_bound_60"],

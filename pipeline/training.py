@@ -6,7 +6,6 @@ from collections.abc import Iterator, Sequence
 
 import numpy as np
 import torch
-from transformers import get_linear_schedule_with_warmup
 
 from .config import TrainSection
 from .methods import SoftPromptModel
@@ -28,6 +27,8 @@ def build_optimizer(model: SoftPromptModel, train: TrainSection) -> torch.optim.
 
 def build_scheduler(optimizer: torch.optim.Optimizer, train: TrainSection):
     """Linear warm-up to each group's lr, then linear decay to zero at ``train.steps``."""
+    from transformers import get_linear_schedule_with_warmup  # heavy import: only when training
+
     return get_linear_schedule_with_warmup(optimizer, train.warmup_steps, train.steps)
 
 

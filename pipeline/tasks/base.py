@@ -96,7 +96,7 @@ class Task:
         """Check fields, apply ``prepare``; returns the row the template sees."""
         with_label = labelled and self.label_field
         required = (*self.fields, self.label_field) if with_label else self.fields
-        require_fields(row, required, Path(source))
+        require_fields(row, required, source)
         return self.prepare(dict(row)) if self.prepare else dict(row)
 
 

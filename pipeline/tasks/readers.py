@@ -60,7 +60,7 @@ def read_tsv(path: Path, columns: Sequence[str] | None = None) -> list[dict[str,
     return rows
 
 
-def require_fields(row: dict[str, Any], fields: Sequence[str], path: Path) -> None:
+def require_fields(row: dict[str, Any], fields: Sequence[str], path: Path | str) -> None:
     missing = [f for f in fields if f not in row]
     if missing:
         raise DataError(f"{path}: line {row.get('_line', '?')}: missing field(s) {missing}")
