@@ -14,13 +14,14 @@ import sys
 import torch
 from common import gemma, peak_rss_mb, real_batch, report
 
-from pipeline.methods import ADePT, DePT, PromptTuning, ZeroShot
+from pipeline.methods import ADePT, DePT, LoRA, PromptTuning, ZeroShot
 
 METHODS = {
     "base_forward_only": None,
     "pt_100": lambda base, n: PromptTuning(base, num_virtual_tokens=100),
     "dept_60": lambda base, n: DePT(base, num_virtual_tokens=60, max_length=n),
     "adept_60": lambda base, n: ADePT(base, num_virtual_tokens=60),
+    "lora_r1": lambda base, n: LoRA(base),
 }
 
 

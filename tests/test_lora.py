@@ -6,23 +6,21 @@ import copy
 
 import pytest
 import torch
-from transformers import Gemma3TextConfig, LlamaConfig
+from transformers import AutoConfig, LlamaConfig
 
 from pipeline.config import ConfigError, PipelineConfig
 from pipeline.methods import LoRA, SoftPromptModel, ZeroShot, lora_params_per_rank, lora_rank
+from pipeline.models import GEMMA_PACKAGE_SOURCE
+from pipeline.planning import KNOWN_MODELS
 from tests.helpers import random_batch
+
+GEMMA_270M = AutoConfig.for_model(
+    KNOWN_MODELS[GEMMA_PACKAGE_SOURCE][0], **KNOWN_MODELS[GEMMA_PACKAGE_SOURCE][1]
+)
 
 
 def test_rank_is_closest_to_the_pt_budget() -> None:
-    gemma = Gemma3TextConfig(
-        hidden_size=640,
-        num_attention_heads=4,
-        num_key_value_heads=1,
-        head_dim=256,
-        num_hidden_layers=18,
-        intermediate_size=2048,
-        vocab_size=262144,
-    )
+    gemma = GEMMA_270M
     per_rank = lora_params_per_rank(gemma, ("q_proj", "v_proj"))
     assert per_rank == 18 * ((640 + 1024) + (640 + 256)) == 46_080
     assert lora_rank(100, 640, per_rank) == 1  # 46,080 is nearer 64,000 than 92,160
@@ -83,14 +81,7 @@ def test_save_load_round_trip_and_rewrap_restores_base(tiny_base, tmp_path) -> N
 
 def test_config_plans_lora_and_rejects_int8_under_deepspeed() -> None:
     config = PipelineConfig.model_validate({"name": "x", "method": {"name": "lora"}})
-    gemma = Gemma3TextConfig(
-        hidden_size=640,
-        num_attention_heads=4,
-        num_key_value_heads=1,
-        head_dim=256,
-        num_hidden_layers=18,
-        intermediate_size=2048,
-    )
+    gemma = GEMMA_270M
     method = config.method_config(gemma)
     assert (method.rank, method.params_per_rank, method.target_modules) == (
         1,
