@@ -81,8 +81,8 @@ CASES = {
         r"task\.name: Value error, unknown task 'nope'; known: boolq",
     ),
     "unknown_method": (
-        lambda t: ({"method": {"name": "lora"}}, []),
-        r"method\.name: Input should be 'prompt_tuning', 'dept' or 'adept'",
+        lambda t: ({"method": {"name": "ia3"}}, []),
+        r"method\.name: Input should be 'prompt_tuning', 'dept', 'adept' or 'lora'",
     ),
     "missing_data_dir": (
         lambda t: ({"task": {"data_dir": str(t / "nowhere")}}, []),
