@@ -197,7 +197,7 @@ def plot_curves(study: StudyConfig, results: dict[str, Any], out: Path) -> None:
     tasks = list(results)
     fig, axes = plt.subplots(1, len(tasks), figsize=(4 * len(tasks), 3.2), dpi=100, squeeze=False)
     for ax, task in zip(axes[0], tasks, strict=True):
-        for method in study.methods:
+        for color, method in enumerate(study.methods, start=1):  # C0 is zero-shot in the bars
             runs = results[task]["methods"][method]
             steps = [r["step"] for r in runs[0]["history"] if "train/loss" in r]
             losses = [
@@ -209,7 +209,7 @@ def plot_curves(study: StudyConfig, results: dict[str, Any], out: Path) -> None:
                 )
                 for step in steps
             ]
-            ax.plot(steps, losses, label=METHOD_LABELS.get(method, method))
+            ax.plot(steps, losses, color=f"C{color}", label=METHOD_LABELS.get(method, method))
         ax.set_title(f"{task}: train loss (mean over seeds)")
         ax.set_xlabel("step")
     axes[0][0].set_ylabel("loss")
