@@ -108,7 +108,12 @@ class Job:
 
     @property
     def key(self) -> str:
-        return f"{self.task}-{self.method}-lr{self.lr_index}-s{self.seed}"
+        return job_key(self.task, self.method, self.lr_index, self.seed)
+
+
+def job_key(task: str, method: str, lr_index: int, seed: int) -> str:
+    """The job's variant name: its run directory under ``variants/`` and its log file name."""
+    return f"{task}-{method}-lr{lr_index}-s{seed}"
 
 
 def _sets(values: dict[str, Any]) -> list[str]:
@@ -124,7 +129,7 @@ def make_job(
     stages: str,
     zero_shot: bool = False,
 ) -> Job:
-    key = f"{task}-{method}-lr{lr_index}-s{seed}"
+    key = job_key(task, method, lr_index, seed)
     values = {
         "name": study.name,
         "variant": key,

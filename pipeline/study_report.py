@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from .config import load_config
-from .study import Job, StudyConfig, run_dir
+from .study import Job, StudyConfig, dev_score, run_dir
 from .tasks import get_task
 from .tracking import git_commit, tracking_uri
 
@@ -74,8 +74,6 @@ def mean_spread(values: list[float]) -> tuple[float, float]:
 
 
 def grid_scores(study: StudyConfig, grid: list[Job]) -> dict[str, dict[str, list[float]]]:
-    from .study import dev_score
-
     scores: dict[str, dict[str, list[float]]] = {}
     for job in grid:
         scores.setdefault(job.task, {}).setdefault(job.method, []).append(dev_score(study, job))
