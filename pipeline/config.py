@@ -29,6 +29,15 @@ from .methods import (
 from .methods.config import SoftPromptConfig
 
 
+# keys of the method section that only some methods have (null = the method's own default)
+METHOD_ONLY_KEYS = {"dropout": ("adept", "lora"), "alpha": ("dept", "lora")}
+
+
+def _given(**values: Any) -> dict[str, Any]:
+    """The keyword arguments that were set, so unset ones fall back to the method's default."""
+    return {k: v for k, v in values.items() if v is not None}
+
+
 class ConfigError(ValueError):
     """A configuration problem; the message names the file and key path."""
 
@@ -45,6 +54,12 @@ class ModelSection(Section):
     dtype: Literal["float32", "bfloat16", "float16"] = "bfloat16"
     attention: Literal["auto", "sdpa", "eager", "flash_attention_2"] = "auto"
     load_in_8bit: bool = Field(False, description="Frozen base in 8-bit via bitsandbytes.")
+    shared_prefix: bool = Field(
+        True,
+        description="Compute the soft prompt's keys/values once per batch (once per evaluation) "
+        "instead of once per row; exact, on where the model type is verified (Llama, Gemma 3, "
+        "Qwen, Mistral), else a logged fallback.",
+    )
 
 
 class MethodSection(Section):
@@ -52,8 +67,18 @@ class MethodSection(Section):
     num_virtual_tokens: int = Field(60, gt=0, description="m (PT: L; unused by LoRA).")
     budget_tokens: int = Field(100, gt=0, description="PT budget L the rank is solved against.")
     rank: int | None = Field(None, gt=0, description="r; solved from the budget when null.")
-    dropout: float = Field(0.1, ge=0, lt=1)
-    alpha: float = Field(8.0, gt=0, description="DePT offset / LoRA update scale numerator.")
+    dropout: float | None = Field(
+        None,
+        ge=0,
+        lt=1,
+        description="ADePT FFN / LoRA input dropout; null: the method's own default "
+        "(ADePT 0.1, LoRA 0.0).",
+    )
+    alpha: float | None = Field(
+        None,
+        gt=0,
+        description="DePT offset / LoRA update scale numerator; null: the method's own default.",
+    )
     lora_targets: list[str] = Field(
         ["q_proj", "v_proj"], min_length=1, description="LoRA: projections that get an update."
     )
@@ -164,6 +189,12 @@ class PipelineConfig(Section):
                 f"distributed: {dist.world_size} ranks need distributed.deepspeed: true "
                 "(data parallelism runs through DeepSpeed)"
             )
+        for key, methods in METHOD_ONLY_KEYS.items():
+            if getattr(method, key) is not None and method.name not in methods:
+                raise ValueError(
+                    f"method.{key}: method {method.name!r} has no {key} "
+                    f"(it applies to {', '.join(methods)})"
+                )
         if self.export.fold and method.name != "adept":
             raise ValueError(
                 f"export.fold: only ADePT folds into the embedding table, "
@@ -215,8 +246,7 @@ class PipelineConfig(Section):
                 per_rank = lora_params_per_rank(text_config, tuple(m.lora_targets))
                 return LoRAConfig(
                     rank=m.rank or lora_rank(m.budget_tokens, hidden_size, per_rank),
-                    alpha=m.alpha,
-                    dropout=m.dropout,
+                    **_given(alpha=m.alpha, dropout=m.dropout),
                     target_modules=tuple(m.lora_targets),
                     params_per_rank=per_rank,
                     seed=self.train.seed,
@@ -227,8 +257,10 @@ class PipelineConfig(Section):
         except BudgetError as exc:
             raise ConfigError(f"method: {exc}") from exc
         if m.name == "dept":
-            return DePTConfig(**common, rank=rank, alpha=m.alpha, max_length=self.task.max_length)
-        return ADePTConfig(**common, rank=rank, dropout=m.dropout)
+            return DePTConfig(
+                **common, rank=rank, max_length=self.task.max_length, **_given(alpha=m.alpha)
+            )
+        return ADePTConfig(**common, rank=rank, **_given(dropout=m.dropout))
 
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json")

@@ -14,27 +14,30 @@ import torch
 from .methods import SoftPromptModel
 
 
-def pad_left(sequences: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+def pad_right(
+    sequences: Sequence[Sequence[int]], pad_id: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right padding: the layout the wrapper runs in (``[P; x; pads]``, no pad before the text)."""
     width = max(len(s) for s in sequences)
     ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
     mask = torch.zeros_like(ids)
     for i, seq in enumerate(sequences):
         if seq:
-            ids[i, width - len(seq) :] = torch.as_tensor(seq)
-            mask[i, width - len(seq) :] = 1
+            ids[i, : len(seq)] = torch.as_tensor(seq)
+            mask[i, : len(seq)] = 1
     return ids, mask
 
 
 def training_batch(
     contexts: Sequence[Sequence[int]], answers: Sequence[Sequence[int]], pad_id: int
 ) -> dict[str, torch.Tensor]:
-    """Left-padded context+answer sequences with labels only on the answer tokens."""
-    ids, mask = pad_left(
+    """Right-padded context+answer sequences with labels only on the answer tokens."""
+    ids, mask = pad_right(
         [list(c) + list(a) for c, a in zip(contexts, answers, strict=True)], pad_id
     )
     labels = torch.full_like(ids, -100)
-    for i, answer in enumerate(answers):
-        labels[i, ids.shape[1] - len(answer) :] = torch.as_tensor(answer)
+    for i, (context, answer) in enumerate(zip(contexts, answers, strict=True)):
+        labels[i, len(context) : len(context) + len(answer)] = torch.as_tensor(answer)
     return {"input_ids": ids, "attention_mask": mask, "labels": labels}
 
 
@@ -62,7 +65,7 @@ def score_choices(
     for batch in _length_ordered_batches(lengths, batch_size):
         single = all(len(x) == 1 for i in batch for x in choice_ids[i])
         if single:
-            ids, mask = pad_left([context_ids[i] for i in batch], pad_id)
+            ids, mask = pad_right([context_ids[i] for i in batch], pad_id)
             logprobs = model.next_token_logprobs(ids.to(device), mask.to(device)).cpu()
             for row, i in enumerate(batch):
                 scores[i] = [logprobs[row, x[0]].item() for x in choice_ids[i]]

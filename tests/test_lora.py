@@ -102,3 +102,26 @@ def test_config_plans_lora_and_rejects_int8_under_deepspeed() -> None:
     )
     with pytest.raises(ConfigError, match="method: LoRA target_modules"):
         bad.method_config(gemma)
+
+
+@pytest.mark.parametrize(
+    ("name", "dropout", "alpha"), [("lora", 0.0, 8.0), ("adept", 0.1, None), ("dept", None, 8.0)]
+)
+def test_each_method_keeps_its_own_defaults(name, dropout, alpha) -> None:
+    """An unset method.dropout / method.alpha takes the method's own default (LoRA's dropout is
+    0.0, not ADePT's 0.1); a value set explicitly reaches the method."""
+    config = PipelineConfig.model_validate({"name": "x", "method": {"name": name}})
+    method = config.method_config(GEMMA_270M)
+    assert getattr(method, "dropout", None) == dropout
+    assert getattr(method, "alpha", None) == alpha
+    if dropout is not None:
+        chosen = PipelineConfig.model_validate(
+            {"name": "x", "method": {"name": name, "dropout": 0.25}}
+        )
+        assert chosen.method_config(GEMMA_270M).dropout == 0.25
+
+
+@pytest.mark.parametrize(("name", "key"), [("dept", "dropout"), ("adept", "alpha")])
+def test_method_key_the_method_lacks_is_an_error(name, key) -> None:
+    with pytest.raises(ValueError, match=f"method.{key}: method '{name}' has no {key}"):
+        PipelineConfig.model_validate({"name": "x", "method": {"name": name, key: 0.2}})

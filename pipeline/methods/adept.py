@@ -1,7 +1,13 @@
 """ADePT: a token-shared FFN offsets every input-token embedding.
 
-    h_i  = ReLU(Dropout(e_i A + a))      A: d×r (kaiming-uniform), a = 0
+    h_i  = ReLU(Dropout(e_i A + a))      A: d×r, kaiming-uniform as the authors hold it, a = 0
     e_i' = e_i + h_i B + b               B: r×d = 0, b = 0  → the offset is zero at step 0
+
+Initialisation follows the authors' code (HungerPWAY/ADePT ``prompt_tuning_lorax.py``): A is a
+d×r tensor given ``kaiming_uniform_(a=√5)``, whose fan-in is r, so A ~ U(±1/√r). ``nn.Linear(d,
+r)`` stores the same matrix as r×d (fan-in d) and the same call would give U(±1/√d), √(d/r) times
+smaller (5.8× on Gemma 3 270M); B starts at zero, so its first gradients scale with A and a small
+A slows the FFN's start.
 
 Because the offset depends on e_i only, for a frozen embedding table it folds into a copy of
 the table, E'[v] = e_v + FFN(e_v) (eval mode), so inference needs no FFN at all.
@@ -17,6 +23,13 @@ from torch import nn
 from .config import ADePTConfig
 
 
+def authors_down_init(d: int, rank: int) -> torch.Tensor:
+    """A (d×r) as the authors initialise it: kaiming-uniform with fan-in r, i.e. U(±1/√r)."""
+    down = torch.empty(d, rank)
+    nn.init.kaiming_uniform_(down, a=math.sqrt(5))
+    return down
+
+
 class TokenFFNOffset(nn.Module):
     """The residual bottleneck FFN applied to each input token (never to the prompt)."""
 
@@ -25,7 +38,7 @@ class TokenFFNOffset(nn.Module):
         self.down = nn.Linear(d, config.rank)
         self.dropout = nn.Dropout(config.dropout)
         self.up = nn.Linear(config.rank, d)
-        nn.init.kaiming_uniform_(self.down.weight, a=math.sqrt(5))
+        self.down.weight.data.copy_(authors_down_init(d, config.rank).T)
         nn.init.zeros_(self.down.bias)
         nn.init.zeros_(self.up.weight)
         nn.init.zeros_(self.up.bias)
