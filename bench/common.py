@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 
 from pipeline.models import GEMMA_PACKAGE_SOURCE, load_model, load_tokenizer
-from pipeline.scoring import training_batch
+from pipeline.scoring import score_choices, training_batch
 from pipeline.tasks import Encoder, get_task, load_task_splits
 
 DATA_DIR = Path(
@@ -22,11 +22,14 @@ DATA_DIR = Path(
 TASK_MAX_LENGTH = {"sst2": 128, "boolq": 256, "rte": 256}
 
 
-def real_batch(tokenizer, task_name: str, batch: int, split: str = "train"):
+def real_batch(
+    tokenizer, task_name: str, batch: int, split: str = "train", max_length: int | None = None
+):
     """A training batch of ``batch`` real rows (context + gold answer, labels on the answer)."""
     task = get_task(task_name)
     rows, source = load_task_splits(task, DATA_DIR, {split: batch})[split]
-    encoded = Encoder(task, tokenizer, TASK_MAX_LENGTH[task_name]).encode(rows, source)
+    length = max_length or TASK_MAX_LENGTH[task_name]
+    encoded = Encoder(task, tokenizer, length).encode(rows, source)
     answers = [c[label] for c, label in zip(encoded["choice_ids"], encoded["label"], strict=True)]
     return training_batch(encoded["context_ids"], answers, tokenizer.pad_token_id), encoded
 
@@ -50,6 +53,35 @@ def interleaved_medians(
             step()
             times[name].append(time.perf_counter() - start)
     return {name: statistics.median(values) for name, values in times.items()}
+
+
+def timed_train_step(model, batch: dict, shared_prefix: bool) -> Callable[[], None]:
+    """One AdamW step of ``model`` on ``batch``, with the shared prompt prefix on or off."""
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
+
+    def step() -> None:
+        model.shared_prefix = shared_prefix
+        model.train()
+        optimizer.zero_grad()
+        model(**batch).loss.backward()
+        optimizer.step()
+
+    return step
+
+
+def timed_evaluation(
+    model, encoded: dict, pad_id: int, batch_size: int, shared_prefix: bool
+) -> Callable[[], None]:
+    """Score every row of ``encoded`` as the evaluate stage does: one evaluation per call (the
+    shared path computes its prefix once per evaluation)."""
+
+    def evaluate() -> None:
+        model.shared_prefix = shared_prefix  # also drops a kept prefix
+        model.eval()
+        with torch.no_grad():
+            score_choices(model, encoded["context_ids"], encoded["choice_ids"], pad_id, batch_size)
+
+    return evaluate
 
 
 def peak_rss_mb() -> float:

@@ -28,7 +28,6 @@ from .methods import (
 )
 from .methods.config import SoftPromptConfig
 
-
 # keys of the method section that only some methods have (null = the method's own default)
 METHOD_ONLY_KEYS = {"dropout": ("adept", "lora"), "alpha": ("dept", "lora")}
 

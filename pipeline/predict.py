@@ -39,7 +39,9 @@ class Predictor:
         base = load_model(
             source, model_cfg["dtype"], model_cfg["attention"], model_cfg["load_in_8bit"]
         )
-        self.model = SoftPromptModel.from_pretrained(base, self.export_dir / "adapter").eval()
+        self.model = SoftPromptModel.from_pretrained(
+            base, self.export_dir / "adapter", model_cfg.get("shared_prefix", True)
+        ).eval()
         self.encoder = Encoder(self.task, self.tokenizer, self.description["max_length"])
 
     def predict(self, rows: list[dict[str, Any]], batch_size: int = 16) -> list[dict[str, Any]]:

@@ -30,7 +30,11 @@ def run(ctx: RunContext) -> dict[str, Any]:
     adapter_dir = ctx.input_dir("train") / "best_adapter"
 
     # built one at a time: wrapping the base again takes out a LoRA adapter's layers
-    models = {"adapter": lambda: SoftPromptModel.from_pretrained(base, adapter_dir)}
+    models = {
+        "adapter": lambda: SoftPromptModel.from_pretrained(
+            base, adapter_dir, shared_prefix=cfg.model.shared_prefix
+        )
+    }
     if cfg.eval.zero_shot:
         models["zero_shot"] = lambda: ZeroShot(base)
     results: dict[str, Any] = {"task": task.name, "split": "test", "rows": len(test)}

@@ -89,6 +89,7 @@ def run(ctx: RunContext) -> dict[str, Any]:
         cfg.method_config(base.config.get_text_config()),
         tokenizer,
         register_base=not cfg.model.load_in_8bit,
+        shared_prefix=cfg.model.shared_prefix,
     )
     backend = build_backend(model, cfg)
     log.info(

@@ -68,6 +68,13 @@ def main() -> None:
     labels = ids.clone()
     labels[:, :8] = -100
     batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": labels}
+    module = backend.module.eval()  # the shared prompt prefix against the usual path, ZeRO-3
+    with torch.no_grad():
+        forward = {}
+        for shared in (False, True):
+            module.shared_prefix = shared
+            forward[str(shared).lower()] = float(module(**batch).loss)
+    module.train()
     losses = [backend.train_step([batch])[0] for _ in range(2)]
     adapter_after = backend.adapter_state()
     changed = {
@@ -87,6 +94,7 @@ def main() -> None:
                 "frozen_total_elements": frozen_total,
                 "engine_param_names": sorted(n for n, _ in backend.module.named_parameters()),
                 "losses": losses,
+                "forward_loss": forward,
                 "adapter_changed": changed,
                 "base_unchanged": base_unchanged,
                 "int8_layers": int8_layers,

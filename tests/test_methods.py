@@ -242,3 +242,114 @@ def test_dept_rejects_inputs_longer_than_table(tiny_base) -> None:
     input_ids, mask = random_batch(length=9)
     with pytest.raises(ValueError, match="max_length=8"):
         model.logits(input_ids, mask)
+
+
+def test_adept_ffn_init_matches_authors_distribution() -> None:
+    """A ~ U(±1/√r) (the authors' d×r kaiming init, fan-in r), not nn.Linear's U(±1/√d);
+    up-projection and both biases start at zero (the offset is exactly zero at step 0)."""
+    from pipeline.methods.adept import TokenFFNOffset
+
+    d, r = 640, 19  # Gemma 3 270M, m=60 at the PT-100 budget
+    torch.manual_seed(0)
+    ffn = TokenFFNOffset(ADePTConfig(num_virtual_tokens=60, rank=r), d)
+    down = ffn.down.weight
+    bound = 1 / r**0.5  # 0.229; nn.Linear's default would be 1/√640 = 0.0395
+    assert down.shape == (r, d)
+    assert down.abs().max() <= bound
+    assert down.abs().max() > 0.99 * bound  # 12,160 draws reach the edge of the interval
+    torch.testing.assert_close(down.std().item(), bound / 3**0.5, rtol=0.03, atol=0)
+    for zero in (ffn.down.bias, ffn.up.weight, ffn.up.bias):
+        assert torch.count_nonzero(zero) == 0
+
+
+def sliding_gemma(window: int) -> torch.nn.Module:
+    """A tiny Gemma-3 whose every layer uses a small sliding window (index-distance mask)."""
+    from transformers import Gemma3ForCausalLM, Gemma3TextConfig
+
+    from tests.conftest import TINY_DIMS, TINY_VOCAB
+
+    torch.manual_seed(0)
+    config = Gemma3TextConfig(
+        vocab_size=TINY_VOCAB,
+        **TINY_DIMS,
+        head_dim=16,
+        max_position_embeddings=512,
+        sliding_window=window,
+        layer_types=["sliding_attention"] * TINY_DIMS["num_hidden_layers"],
+        pad_token_id=0,
+        attn_implementation="sdpa",
+    )
+    return Gemma3ForCausalLM(config).eval()
+
+
+@pytest.mark.parametrize("side", ["left", "right"])
+@pytest.mark.parametrize("method", [PromptTuning, DePT, ADePT])
+def test_sliding_window_row_scores_do_not_depend_on_batch_mates(method, side) -> None:
+    """m + padded width far beyond the window: a short row scores the same alone as beside a
+    much longer row (no pad may sit between the prompt and the text)."""
+    model = make(method, sliding_gemma(window=8)).eval()
+    perturb(model)
+    g = torch.Generator().manual_seed(5)
+    short, long = (torch.randint(5, 1000, (n,), generator=g) for n in (5, 30))
+
+    def target_of(length: int) -> torch.Tensor:
+        target = torch.zeros(1, length, dtype=torch.bool)
+        target[0, -2:] = True
+        return target
+
+    alone = model(short[None], None, target_mask=target_of(5)).logprobs[0]
+    width = len(long)
+    ids = torch.zeros(2, width, dtype=torch.long)
+    mask, target = torch.zeros_like(ids), torch.zeros_like(ids, dtype=torch.bool)
+    ids[1], mask[1], target[1] = long, 1, target_of(width)[0]
+    start = width - len(short) if side == "left" else 0
+    ids[0, start : start + 5], mask[0, start : start + 5] = short, 1
+    target[0, start + 3 : start + 5] = True
+    beside = model(ids, mask, target_mask=target).logprobs[0]
+    torch.testing.assert_close(beside, alone, rtol=1e-5, atol=1e-5)
+    # the same holds for next-token scoring (the evaluation path for single-token choices)
+    nxt_alone = model.next_token_logprobs(short[None])[0]
+    nxt_beside = model.next_token_logprobs(ids, mask)[0]
+    torch.testing.assert_close(nxt_beside, nxt_alone, rtol=1e-5, atol=1e-5)
+
+
+def test_logits_come_back_in_the_input_layout(tiny_base) -> None:
+    model = make(ADePT, tiny_base).eval()
+    perturb(model)
+    row = torch.randint(5, 1000, (6,), generator=torch.Generator().manual_seed(2))
+    ids = torch.zeros(1, 9, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    ids[0, 3:], mask[0, 3:] = row, 1  # left padded
+    torch.testing.assert_close(
+        model.logits(ids, mask)[0, 3:], model.logits(row[None])[0], rtol=1e-5, atol=1e-5
+    )
+
+
+def test_exported_folded_table_loads_as_documented(tmp_path) -> None:
+    """docs/METHOD.md: the folded table is in the embedding module's output space (Gemma: after
+    its √d scale); set on a fresh wrapper, or fed as inputs_embeds to the plain model, it gives
+    the adapter's logits."""
+    from safetensors.torch import load_file, save_file
+
+    from tests.conftest import tiny_gemma
+
+    model = make(ADePT, tiny_gemma()).eval()
+    perturb(model)
+    ids = torch.randint(5, 1000, (9,), generator=torch.Generator().manual_seed(4))
+    expected = model.logits(ids[None])
+    model.save_adapter(tmp_path / "adapter")
+    model.fold()
+    save_file({"weight": model.folded_embeddings.contiguous()}, tmp_path / "folded.safetensors")
+
+    base = tiny_gemma()
+    table = load_file(tmp_path / "folded.safetensors")["weight"]
+    raw_rows = base.get_input_embeddings().weight[ids]
+    scaled_rows = base.get_input_embeddings()(ids)
+    assert (table[ids] - scaled_rows).norm() < (table[ids] - raw_rows).norm()  # the scaled space
+    loaded = SoftPromptModel.from_pretrained(base, tmp_path / "adapter").eval()
+    loaded.folded_embeddings = table.to(base.dtype)
+    torch.testing.assert_close(loaded.logits(ids[None]), expected, rtol=1e-5, atol=1e-5)
+    embeds = torch.cat([loaded.prompt[None].to(base.dtype), table[ids][None]], 1)
+    with torch.no_grad():
+        plain = base(inputs_embeds=embeds).logits[:, M:]
+    torch.testing.assert_close(plain, expected, rtol=1e-5, atol=1e-5)

@@ -2,16 +2,22 @@
 
 The model sees ``[P; offset(e_1) … offset(e_n)]``: a trainable prompt P (m×d) prepended to the
 input-token embeddings, after the method's embedding offset (none for PT, position low-rank for
-DePT, token FFN for ADePT). Training, scoring and inference share this one path.
+DePT, token FFN for ADePT). Training, scoring and inference share this one path. The prompt comes
+before everything the tokenizer produced, BOS included: ``[P][BOS] x`` (as HF PEFT does it).
 
-Positions: the prompt takes positions 0..m-1 and the real tokens of each row follow it, whatever
-the padding side, so padded and unpadded rows give the same answers. The LM head is applied only
-at the scored positions, on a contiguous tensor (the full-vocabulary head dominates CPU time).
+Layout: no pad ever sits between the prompt and the text. Every batch is laid out ``[P; x; pads]``
+(rows given left-padded are right-aligned first), so the prompt takes positions 0..m-1 and each
+row's real tokens follow it at the same indices whatever the padding side or the row's
+batch-mates. This matters for sliding-window attention (Gemma 3), which masks by index distance,
+not position ids: with ``[P; pads; x]`` a short row beside a long one could lose sight of its
+prompt. The LM head is applied only at the scored positions, on a contiguous tensor (the
+full-vocabulary head dominates CPU time).
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -36,6 +42,9 @@ from .config import (
 from .dept import PositionLowRankOffset
 from .init import init_prompt
 from .lora import inject_lora, strip_lora
+from .prefix import Prefix, run_prefix, run_text, shared_prefix_supported
+
+log = logging.getLogger(__name__)
 
 ADAPTER_CONFIG_NAME = "adapter_config.json"
 ADAPTER_WEIGHTS_NAME = "adapter_model.safetensors"
@@ -49,6 +58,25 @@ class SoftPromptOutput:
     loss: torch.Tensor | None
     logprobs: torch.Tensor
     num_tokens: torch.Tensor
+
+
+def right_aligned_order(attention_mask: torch.Tensor) -> torch.Tensor | None:
+    """Per-row gather index that moves each row's real tokens to the front, in order, and its
+    pads behind them; None when the batch is already laid out that way (right padding)."""
+    mask = attention_mask.bool()
+    if bool((mask[:, :-1] >= mask[:, 1:]).all()):
+        return None
+    return torch.sort((~mask).to(torch.uint8), dim=1, stable=True).indices
+
+
+def right_align(
+    attention_mask: torch.Tensor, *tensors: torch.Tensor
+) -> tuple[torch.Tensor | None, list[torch.Tensor]]:
+    """``(order, tensors)``: every (B, n) tensor laid out ``[x; pads]`` (see module docstring)."""
+    order = right_aligned_order(attention_mask)
+    if order is None:
+        return None, [attention_mask, *tensors]
+    return order, [t.gather(1, order) for t in (attention_mask, *tensors)]
 
 
 class SoftPrompt(nn.Module):
@@ -84,6 +112,7 @@ class SoftPromptModel(nn.Module):
         tokenizer: Any = None,
         budget_tokens: int = 100,
         register_base: bool = True,
+        shared_prefix: bool = True,
         _init_prompt: bool = True,
         **fields: Any,
     ) -> None:
@@ -126,6 +155,31 @@ class SoftPromptModel(nn.Module):
         offset = build_offset(config, d)
         self.offset = offset.to(device) if offset is not None else None
         self.folded_embeddings: torch.Tensor | None = None
+        self.shared_prefix = shared_prefix
+        self._prefix_memo: tuple[tuple, Prefix] | None = None
+
+    @property
+    def shared_prefix(self) -> bool:
+        """Whether the prompt's keys/values are computed once per batch (see prefix.py)."""
+        return self._shared_prefix
+
+    @shared_prefix.setter
+    def shared_prefix(self, wanted: bool) -> None:
+        supported = shared_prefix_supported(self.base)
+        self._shared_prefix = wanted and supported and self.num_virtual_tokens > 0
+        if wanted and not self._shared_prefix:
+            why = (
+                "this method has no prompt"
+                if self.num_virtual_tokens == 0
+                else f"model type {self.base.config.get_text_config().model_type!r} is not "
+                "verified for it"
+            )
+            log.info("shared prompt prefix off (%s): every row computes the prompt", why)
+        self._prefix_memo = None
+
+    def train(self, mode: bool = True) -> SoftPromptModel:
+        self._prefix_memo = None  # an evaluation's prefix is stale once the prompt trains
+        return super().train(mode)
 
     # ----------------------------------------------------------------- introspection
     @property
@@ -154,38 +208,49 @@ class SoftPromptModel(nn.Module):
         return list(self.offset.parameters()) if self.offset is not None else []
 
     # ----------------------------------------------------------------- forward path
-    def embed_inputs(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """``[P; e']`` embeddings, the extended attention mask, and padding-free position ids."""
-        if attention_mask is None:
-            attention_mask = torch.ones_like(input_ids)
-        attention_mask = attention_mask.to(input_ids.device)
+    def embed_text(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Input-token embeddings after the method's offset, and each token's index among its
+        row's real tokens. Expects right-aligned rows (:func:`right_align`)."""
         token_positions = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
         if self.folded_embeddings is not None:
             if self.training:
                 raise RuntimeError("a folded model is for inference: call unfold() to train")
-            embeds = nn.functional.embedding(input_ids, self.folded_embeddings)
-        else:
-            embeds = self.base.get_input_embeddings()(input_ids)
-            if self.offset is not None:
-                embeds = self.offset(embeds, token_positions)
-        batch, m = input_ids.shape[0], self.num_virtual_tokens
-        if m == 0:  # zero-shot: the base model alone, through the same code path
-            return embeds, attention_mask, token_positions
-        prompt = self.soft_prompt(batch, embeds.dtype)
-        inputs_embeds = torch.cat([prompt, embeds], dim=1)
-        prompt_mask = attention_mask.new_ones(batch, m)
-        full_mask = torch.cat([prompt_mask, attention_mask], dim=1)
-        position_ids = (full_mask.long().cumsum(-1) - 1).clamp(min=0)
-        return inputs_embeds, full_mask, position_ids
+            return nn.functional.embedding(input_ids, self.folded_embeddings), token_positions
+        embeds = self.base.get_input_embeddings()(input_ids)
+        if self.offset is not None:
+            embeds = self.offset(embeds, token_positions)
+        return embeds, token_positions
 
     def hidden_states(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None
     ) -> torch.Tensor:
-        """Final hidden states (B, m + n, d) of the frozen decoder body."""
-        inputs_embeds, full_mask, position_ids = self.embed_inputs(input_ids, attention_mask)
+        """Final hidden states (B, m + n, d) of the frozen decoder body over ``[P; e']``.
+
+        Expects right-aligned rows (:func:`right_align`): pads, if any, after each row's text.
+        With the shared prefix, the prompt runs once and the text against its keys/values.
+        """
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        attention_mask = attention_mask.to(input_ids.device)
+        embeds, token_positions = self.embed_text(input_ids, attention_mask)
         body = self.base.get_decoder()
+        m = self.num_virtual_tokens
+        if m == 0:  # zero-shot: the base model alone, through the same code path
+            out = body(
+                inputs_embeds=embeds,
+                attention_mask=attention_mask,
+                position_ids=token_positions,
+                use_cache=False,
+            )
+            return out.last_hidden_state
+        full_mask = torch.cat([attention_mask.new_ones(len(input_ids), m), attention_mask], dim=1)
+        if self.shared_prefix:
+            prefix = self._prefix(body, embeds.dtype)
+            return run_text(body, prefix, embeds, full_mask, token_positions + m)
+        inputs_embeds = torch.cat([self.soft_prompt(len(input_ids), embeds.dtype), embeds], dim=1)
+        position_ids = (full_mask.long().cumsum(-1) - 1).clamp(min=0)
         out = body(
             inputs_embeds=inputs_embeds,
             attention_mask=full_mask,
@@ -193,6 +258,16 @@ class SoftPromptModel(nn.Module):
             use_cache=False,
         )
         return out.last_hidden_state
+
+    def _prefix(self, body: nn.Module, dtype: torch.dtype) -> Prefix:
+        """The prompt's keys/values; in evaluation (eval mode, no grad) computed once and kept
+        until the model trains again or the prompt changes."""
+        if self.training or torch.is_grad_enabled():
+            return run_prefix(body, self.soft_prompt(1, dtype))
+        key = (dtype, self.prompt._version, self.prompt.data_ptr())
+        if self._prefix_memo is None or self._prefix_memo[0] != key:
+            self._prefix_memo = (key, run_prefix(body, self.soft_prompt(1, dtype)))
+        return self._prefix_memo[1]
 
     def lm_head(self, hidden: torch.Tensor) -> torch.Tensor:
         """Float32 logits for the given hidden rows (soft-capped where the model says so)."""
@@ -222,6 +297,10 @@ class SoftPromptModel(nn.Module):
             targets = labels.masked_fill(~target_mask, 0)
         else:
             targets = input_ids
+        if attention_mask is not None:
+            _, (attention_mask, input_ids, target_mask, targets) = right_align(
+                attention_mask.to(input_ids.device), input_ids, target_mask, targets
+            )
         hidden = self.hidden_states(input_ids, attention_mask)
         rows, cols = torch.nonzero(target_mask, as_tuple=True)
         # token t is predicted by the hidden state one to its left; t=0 by the last prompt vector
@@ -242,18 +321,28 @@ class SoftPromptModel(nn.Module):
         """(B, V) log-probs of the token after each row's last real token (any padding side)."""
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
+        _, (attention_mask, input_ids) = right_align(attention_mask.to(input_ids.device), input_ids)
         hidden = self.hidden_states(input_ids, attention_mask)
-        width = attention_mask.shape[1]
-        last = width - 1 - attention_mask.flip(1).long().argmax(1)
+        last = attention_mask.long().sum(1) - 1
         rows = torch.arange(input_ids.shape[0], device=input_ids.device)
         return self.lm_head(hidden[rows, last + self.num_virtual_tokens]).log_softmax(-1)
 
     def logits(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None
     ) -> torch.Tensor:
-        """Full-vocabulary logits at every input position (B, n, V). For tests and debugging."""
+        """Full-vocabulary logits at every input position (B, n, V), in the input's own layout.
+        For tests and debugging."""
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        order, (attention_mask, input_ids) = right_align(
+            attention_mask.to(input_ids.device), input_ids
+        )
         hidden = self.hidden_states(input_ids, attention_mask)
-        return self.lm_head(hidden[:, self.num_virtual_tokens :])
+        logits = self.lm_head(hidden[:, self.num_virtual_tokens :])
+        if order is None:
+            return logits
+        index = order.unsqueeze(-1).expand_as(logits)
+        return torch.empty_like(logits).scatter_(1, index, logits)
 
     # ----------------------------------------------------------------- folding (ADePT)
     @torch.no_grad()
@@ -317,7 +406,9 @@ class SoftPromptModel(nn.Module):
         return json.loads(path.read_text())
 
     @classmethod
-    def from_pretrained(cls, base: nn.Module, directory: str | os.PathLike) -> SoftPromptModel:
+    def from_pretrained(
+        cls, base: nn.Module, directory: str | os.PathLike, shared_prefix: bool = True
+    ) -> SoftPromptModel:
         """Load a saved adapter onto a freshly loaded base model."""
         meta = cls.read_adapter_config(directory)
         config = config_from_dict(meta["method_config"])
@@ -328,7 +419,7 @@ class SoftPromptModel(nn.Module):
                 f"this base model has {d}"
             )
         model_class = METHOD_MODELS[config.method]
-        model = model_class(base, config, _init_prompt=False)
+        model = model_class(base, config, shared_prefix=shared_prefix, _init_prompt=False)
         weights = load_file(Path(directory) / ADAPTER_WEIGHTS_NAME)
         missing = set(model.adapter_state_dict()) ^ set(weights)
         if missing:
@@ -341,7 +432,9 @@ class ZeroShot(SoftPromptModel):
     """The frozen base model alone (no prompt, no offset): the zero-shot baseline."""
 
     def __init__(self, base: nn.Module) -> None:
-        super().__init__(base, PromptTuningConfig(num_virtual_tokens=1), _init_prompt=False)
+        super().__init__(
+            base, PromptTuningConfig(num_virtual_tokens=1), shared_prefix=False, _init_prompt=False
+        )
         self.soft_prompt = None
 
 
@@ -359,6 +452,7 @@ class LoRA(SoftPromptModel):
         tokenizer: Any = None,
         budget_tokens: int = 100,
         register_base: bool = True,
+        shared_prefix: bool = True,
         _init_prompt: bool = True,
         **fields: Any,
     ) -> None:
@@ -378,7 +472,7 @@ class LoRA(SoftPromptModel):
                 config, rank=lora_rank(budget_tokens, text_config.hidden_size, per_rank)
             )
         config = replace(config, params_per_rank=per_rank)
-        super().__init__(base, config, register_base=True)
+        super().__init__(base, config, register_base=True, shared_prefix=shared_prefix)
         self._lora = inject_lora(base, config)
         injected = sum(p.numel() for p in self._lora)
         if injected != self.expected_trainable_parameters():
@@ -418,13 +512,22 @@ METHOD_MODELS: dict[str, type[SoftPromptModel]] = {
 
 
 def wrap(
-    base: nn.Module, config: SoftPromptConfig, tokenizer: Any = None, register_base: bool = True
+    base: nn.Module,
+    config: SoftPromptConfig,
+    tokenizer: Any = None,
+    register_base: bool = True,
+    shared_prefix: bool = True,
 ) -> SoftPromptModel:
     """Wrap ``base`` with the method named by ``config``.
 
     ``register_base=False`` keeps the base out of ``parameters()``/``state_dict()``, so an engine
     wrapping this module (DeepSpeed with an 8-bit base) owns only the adapter.
+    ``shared_prefix``: compute the prompt's keys/values once per batch where that is exact.
     """
     return METHOD_MODELS[config.method](
-        base, config, tokenizer=tokenizer, register_base=register_base
+        base,
+        config,
+        tokenizer=tokenizer,
+        register_base=register_base,
+        shared_prefix=shared_prefix,
     )

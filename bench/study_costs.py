@@ -1,0 +1,98 @@
+"""The comparison study's cost columns, re-measured: train s/step and test s/batch per task and
+method, with the shared prompt prefix on (the default) and off, in one run.
+
+Each (task, method) is built from the study's own job config (its first learning-rate point:
+steps, batch, max length and method settings as the study ran them) on the real Gemma 3 270M
+(bf16), through the same wrapper and scoring code; real training rows for the step, real test
+rows (--score-batches batches of eval.batch_size) for scoring. Medians of --repeats, round-robin.
+
+    OMP_WAIT_POLICY=PASSIVE python bench/study_costs.py configs/studies/gemma3_270m.yaml
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from common import (
+    gemma,
+    interleaved_medians,
+    real_batch,
+    report,
+    timed_evaluation,
+    timed_train_step,
+)
+
+from pipeline.config import load_config
+from pipeline.methods import ZeroShot, wrap
+from pipeline.study import load_study, plan_grid
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("study")
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--score-batches", type=int, default=2)
+    args = parser.parse_args()
+
+    study, base_config = load_study(args.study)
+    tokenizer, base = gemma("bfloat16")
+    pad = tokenizer.pad_token_id
+    first_points = [job for job in plan_grid(study) if job.lr_index == 0]
+    cells, table = [], []
+    for job in first_points:
+        cfg = load_config(base_config, list(job.overrides))
+        length = cfg.task.max_length
+        batch, _ = real_batch(tokenizer, job.task, cfg.train.batch_size, max_length=length)
+        rows = cfg.eval.batch_size * args.score_batches
+        _, test = real_batch(tokenizer, job.task, rows, split="test", max_length=length)
+        model = wrap(base, cfg.method_config(base.config.get_text_config()), tokenizer)
+        modes = (True, False) if model.shared_prefix else (False,)
+        steps = {}
+        for shared in modes:
+            name = "shared" if shared else "unshared"
+            steps[f"train_{name}"] = timed_train_step(model, batch, shared)
+            steps[f"test_{name}"] = timed_evaluation(model, test, pad, cfg.eval.batch_size, shared)
+        seconds = interleaved_medians(steps, args.repeats)
+        per_batch = {k: v / args.score_batches for k, v in seconds.items() if k.startswith("test")}
+        cells.append({"task": job.task, "method": job.method, "train": seconds, **per_batch})
+        best = "shared" if model.shared_prefix else "unshared"
+        table.append(
+            (
+                job.task,
+                job.method,
+                f"{seconds.get('train_unshared', float('nan')):.2f}",
+                f"{seconds[f'train_{best}']:.2f}",
+                f"{per_batch.get('test_unshared', float('nan')):.2f}",
+                f"{per_batch[f'test_{best}']:.2f}",
+            )
+        )
+        print(cells[-1], flush=True)
+    zero_shot = ZeroShot(base)  # the base alone: no prompt, nothing to share
+    for task in study.tasks:
+        job = next(j for j in first_points if j.task == task)
+        cfg = load_config(base_config, list(job.overrides))
+        rows = cfg.eval.batch_size * args.score_batches
+        _, test = real_batch(tokenizer, task, rows, split="test", max_length=cfg.task.max_length)
+        seconds = interleaved_medians(
+            {"test": timed_evaluation(zero_shot, test, pad, cfg.eval.batch_size, False)},
+            args.repeats,
+        )
+        per_batch = seconds["test"] / args.score_batches
+        cells.append({"task": task, "method": "zero_shot", "test": per_batch})
+        table.append((task, "zero_shot", "—", "—", f"{per_batch:.2f}", f"{per_batch:.2f}"))
+    report(
+        {"bench": "study_costs", "study": study.name, "cells": cells},
+        table,
+        (
+            "task",
+            "method",
+            "train s/step unshared",
+            "train s/step shared",
+            "test s/batch unshared",
+            "test s/batch shared",
+        ),
+    )
+
+
+if __name__ == "__main__":
+    main()
