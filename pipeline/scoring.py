@@ -14,9 +14,7 @@ import torch
 from .methods import SoftPromptModel
 
 
-def pad_right(
-    sequences: Sequence[Sequence[int]], pad_id: int
-) -> tuple[torch.Tensor, torch.Tensor]:
+def pad_right(sequences: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Right padding: the layout the wrapper runs in (``[P; x; pads]``, no pad before the text)."""
     width = max(len(s) for s in sequences)
     ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
