@@ -53,11 +53,13 @@ class ModelSection(Section):
     dtype: Literal["float32", "bfloat16", "float16"] = "bfloat16"
     attention: Literal["auto", "sdpa", "eager", "flash_attention_2"] = "auto"
     load_in_8bit: bool = Field(False, description="Frozen base in 8-bit via bitsandbytes.")
-    shared_prefix: bool = Field(
-        True,
+    shared_prefix: bool | None = Field(
+        None,
         description="Compute the soft prompt's keys/values once per batch (once per evaluation) "
-        "instead of once per row; exact, on where the model type is verified (Llama, Gemma 3, "
-        "Qwen, Mistral), else a logged fallback.",
+        "instead of once per row; exact, and applied where the model type is verified (Llama, "
+        "Gemma 3, Qwen, Mistral), else a logged fallback. null = auto: on, except for training "
+        "under ZeRO-3 mode (a) on several ranks, where the prefix's second decoder call gathers "
+        "every partitioned layer again (measured slower: bench/scale.py --compare-prefix).",
     )
 
 
@@ -227,6 +229,21 @@ class PipelineConfig(Section):
     def data_dir(self) -> Path | None:
         root = self.task.data_dir or os.environ.get("PIPELINE_DATA_DIR")
         return Path(root) if root else None
+
+    @property
+    def shared_prefix_in_training(self) -> bool:
+        """``model.shared_prefix``, or when null: on unless ZeRO-3 partitions the base over
+        several ranks (mode a), where two decoder calls double the parameter gathers."""
+        if self.model.shared_prefix is not None:
+            return self.model.shared_prefix
+        dist = self.distributed
+        partitioned = dist.deepspeed and dist.zero_stage == 3 and not self.model.load_in_8bit
+        return not (partitioned and dist.world_size > 1)
+
+    @property
+    def shared_prefix_in_evaluation(self) -> bool:
+        """Evaluation runs in one process: the shared prefix is on unless turned off."""
+        return self.model.shared_prefix is not False
 
     def method_config(self, text_config: Any) -> SoftPromptConfig:
         """The methods' dataclass config, with the rank solved for this model's text config."""

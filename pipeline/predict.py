@@ -40,7 +40,7 @@ class Predictor:
             source, model_cfg["dtype"], model_cfg["attention"], model_cfg["load_in_8bit"]
         )
         self.model = SoftPromptModel.from_pretrained(
-            base, self.export_dir / "adapter", model_cfg.get("shared_prefix", True)
+            base, self.export_dir / "adapter", model_cfg.get("shared_prefix") is not False
         ).eval()
         self.encoder = Encoder(self.task, self.tokenizer, self.description["max_length"])
 

@@ -89,7 +89,7 @@ def run(ctx: RunContext) -> dict[str, Any]:
         cfg.method_config(base.config.get_text_config()),
         tokenizer,
         register_base=not cfg.model.load_in_8bit,
-        shared_prefix=cfg.model.shared_prefix,
+        shared_prefix=cfg.shared_prefix_in_training,
     )
     backend = build_backend(model, cfg)
     log.info(

@@ -54,12 +54,14 @@ def dist_config(tmp: Path, model_dir: Path, world: int, batch: int, steps: int =
 
 
 def test_zero3_two_ranks_matches_one_process(tmp_path, tiny_model_dir) -> None:
-    """ZeRO-3 on 2 ranks with the shared prompt prefix (the default) follows the same fp32
-    trajectory as one process computing the prompt for every row."""
+    """ZeRO-3 on 2 ranks with the shared prompt prefix follows the same fp32 trajectory as one
+    process computing the prompt for every row."""
     single = dist_config(
         tmp_path / "one", tiny_model_dir, world=1, batch=8, model={"shared_prefix": False}
     )
-    double = dist_config(tmp_path / "two", tiny_model_dir, world=2, batch=4)
+    double = dist_config(
+        tmp_path / "two", tiny_model_dir, world=2, batch=4, model={"shared_prefix": True}
+    )
     stages = ["--stages", "tokenize,shard,train"]
     for config in (single, double):
         proc = pipeline("run", str(config), *stages)

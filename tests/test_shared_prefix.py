@@ -153,3 +153,28 @@ def test_fallback_is_logged_for_unverified_models_and_lora(caplog) -> None:
     with caplog.at_level(logging.INFO, logger="pipeline.methods.model"):
         lora = LoRA(tiny_llama())
     assert not lora.shared_prefix and "this method has no prompt" in caplog.text
+
+
+@pytest.mark.parametrize(
+    ("setting", "distributed", "int8", "training"),
+    [
+        (None, {}, False, True),  # one process: on
+        (None, {"nproc_per_node": 2, "deepspeed": True}, False, False),  # ZeRO-3 mode (a): off
+        (None, {"nproc_per_node": 2, "deepspeed": True}, True, True),  # mode (b): base outside
+        (None, {"nproc_per_node": 2, "deepspeed": True, "zero_stage": 2}, False, True),
+        (True, {"nproc_per_node": 2, "deepspeed": True}, False, True),  # explicit wins
+        (False, {}, False, False),
+    ],
+)
+def test_shared_prefix_auto_rule(setting, distributed, int8, training) -> None:
+    from pipeline.config import PipelineConfig
+
+    config = PipelineConfig.model_validate(
+        {
+            "name": "x",
+            "model": {"shared_prefix": setting, "load_in_8bit": int8},
+            "distributed": distributed,
+        }
+    )
+    assert config.shared_prefix_in_training is training
+    assert config.shared_prefix_in_evaluation is (setting is not False)

@@ -238,19 +238,16 @@ class SoftPromptModel(nn.Module):
         body = self.base.get_decoder()
         m = self.num_virtual_tokens
         if m == 0:  # zero-shot: the base model alone, through the same code path
-            out = body(
-                inputs_embeds=embeds,
-                attention_mask=attention_mask,
-                position_ids=token_positions,
-                use_cache=False,
-            )
-            return out.last_hidden_state
-        full_mask = torch.cat([attention_mask.new_ones(len(input_ids), m), attention_mask], dim=1)
-        if self.shared_prefix:
-            prefix = self._prefix(body, embeds.dtype)
-            return run_text(body, prefix, embeds, full_mask, token_positions + m)
-        inputs_embeds = torch.cat([self.soft_prompt(len(input_ids), embeds.dtype), embeds], dim=1)
-        position_ids = (full_mask.long().cumsum(-1) - 1).clamp(min=0)
+            inputs_embeds, full_mask, position_ids = embeds, attention_mask, token_positions
+        else:
+            ones = attention_mask.new_ones(len(input_ids), m)
+            full_mask = torch.cat([ones, attention_mask], dim=1)
+            if self.shared_prefix:
+                prefix = self._prefix(body, embeds.dtype)
+                return run_text(body, prefix, embeds, full_mask, token_positions + m)
+            prompt = self.soft_prompt(len(input_ids), embeds.dtype)
+            inputs_embeds = torch.cat([prompt, embeds], dim=1)
+            position_ids = (full_mask.long().cumsum(-1) - 1).clamp(min=0)
         out = body(
             inputs_embeds=inputs_embeds,
             attention_mask=full_mask,
