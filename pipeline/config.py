@@ -62,6 +62,11 @@ class ModelSection(Section):
         "every partitioned layer again (measured slower: bench/scale.py --compare-prefix).",
     )
 
+    @property
+    def shared_prefix_in_evaluation(self) -> bool:
+        """Evaluation and prediction run in one process: on unless turned off."""
+        return self.shared_prefix is not False
+
 
 class MethodSection(Section):
     name: Literal["prompt_tuning", "dept", "adept", "lora"] = "adept"
@@ -239,11 +244,6 @@ class PipelineConfig(Section):
         dist = self.distributed
         partitioned = dist.deepspeed and dist.zero_stage == 3 and not self.model.load_in_8bit
         return not (partitioned and dist.world_size > 1)
-
-    @property
-    def shared_prefix_in_evaluation(self) -> bool:
-        """Evaluation runs in one process: the shared prefix is on unless turned off."""
-        return self.model.shared_prefix is not False
 
     def method_config(self, text_config: Any) -> SoftPromptConfig:
         """The methods' dataclass config, with the rank solved for this model's text config."""

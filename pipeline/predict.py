@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from .config import ModelSection
 from .evaluation import predict_from_scores
 from .methods import SoftPromptModel
 from .models import load_model, load_tokenizer
@@ -32,15 +33,13 @@ class Predictor:
     def __init__(self, export_dir: str | Path, model_source: str | None = None) -> None:
         self.export_dir = find_export_dir(export_dir)
         self.description: dict[str, Any] = json.loads((self.export_dir / TASK_FILE).read_text())
-        model_cfg = self.description["model"]
-        source = model_source or model_cfg["source"]
+        model_cfg = ModelSection.model_validate(self.description["model"])
+        source = model_source or model_cfg.source
         self.task = get_task(self.description["task"])
         self.tokenizer = load_tokenizer(source)
-        base = load_model(
-            source, model_cfg["dtype"], model_cfg["attention"], model_cfg["load_in_8bit"]
-        )
+        base = load_model(source, model_cfg.dtype, model_cfg.attention, model_cfg.load_in_8bit)
         self.model = SoftPromptModel.from_pretrained(
-            base, self.export_dir / "adapter", model_cfg.get("shared_prefix") is not False
+            base, self.export_dir / "adapter", model_cfg.shared_prefix_in_evaluation
         ).eval()
         self.encoder = Encoder(self.task, self.tokenizer, self.description["max_length"])
 

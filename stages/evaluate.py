@@ -32,7 +32,7 @@ def run(ctx: RunContext) -> dict[str, Any]:
     # built one at a time: wrapping the base again takes out a LoRA adapter's layers
     models = {
         "adapter": lambda: SoftPromptModel.from_pretrained(
-            base, adapter_dir, shared_prefix=cfg.shared_prefix_in_evaluation
+            base, adapter_dir, shared_prefix=cfg.model.shared_prefix_in_evaluation
         )
     }
     if cfg.eval.zero_shot:

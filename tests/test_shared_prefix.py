@@ -177,4 +177,4 @@ def test_shared_prefix_auto_rule(setting, distributed, int8, training) -> None:
         }
     )
     assert config.shared_prefix_in_training is training
-    assert config.shared_prefix_in_evaluation is (setting is not False)
+    assert config.model.shared_prefix_in_evaluation is (setting is not False)
