@@ -1,8 +1,10 @@
 """Evaluate: rank classification on the test split (the paper's protocol), plus zero-shot.
 
-Inputs:  tokenize/test, train/best_adapter.
+Inputs:  tokenize/{test,dev}, train/best_adapter.
 Outputs: ``metrics.json`` (test metrics of the trained adapter and, when eval.zero_shot, of the
-         base model alone through the same code), ``timing.json`` (seconds per scored batch),
+         base model alone through the same code, plus the base model's dev metrics as
+         ``dev_zero_shot``: the reference the adapter's dev scores are read against),
+         ``timing.json`` (seconds per scored batch, peak resident memory),
          ``predictions.jsonl`` (per-row choice scores).
 """
 
@@ -18,7 +20,7 @@ from tqdm.auto import tqdm
 
 from pipeline.evaluation import evaluate_dataset
 from pipeline.methods import SoftPromptModel, ZeroShot
-from pipeline.runner import RunContext, write_json_atomic
+from pipeline.runner import RunContext, peak_rss_mib, write_json_atomic
 from pipeline.tasks import get_task
 
 
@@ -53,6 +55,14 @@ def run(ctx: RunContext) -> dict[str, Any]:
             with open(ctx.work_dir / "predictions.jsonl", "w") as f:
                 f.writelines(json.dumps(r) + "\n" for r in rows)
         ctx.log_metrics({f"test/{name}/{k}": v for k, v in metrics.items()}, None)
+    if cfg.eval.zero_shot:
+        dev = datasets.load_from_disk(str(ctx.input_dir("tokenize") / "dev"))
+        dev_metrics, _ = evaluate_dataset(
+            ZeroShot(base), task, dev, tokenizer.pad_token_id, cfg.eval.batch_size
+        )
+        results["dev_zero_shot"] = dev_metrics
+        ctx.log_metrics({f"dev/zero_shot/{k}": v for k, v in dev_metrics.items()}, None)
+    timing["peak_rss_mib"] = peak_rss_mib()
     write_json_atomic(ctx.work_dir / "metrics.json", results)
     write_json_atomic(ctx.work_dir / "timing.json", {"batch_size": cfg.eval.batch_size, **timing})
     return {k: v for k, v in results.items() if k in ("adapter", "zero_shot")}

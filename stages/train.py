@@ -42,7 +42,7 @@ from pipeline.distributed import (
 )
 from pipeline.evaluation import evaluate_dataset
 from pipeline.methods import wrap
-from pipeline.runner import PREEMPTED_MARKER, RunContext, write_json_atomic
+from pipeline.runner import PREEMPTED_MARKER, RunContext, peak_rss_mib, write_json_atomic
 from pipeline.scoring import training_batch
 from pipeline.tasks import get_task
 from pipeline.training import BatchStream, Preempted
@@ -219,6 +219,7 @@ def run(ctx: RunContext) -> dict[str, Any]:
         f"best_dev_{task.selection_metric}": best["score"],
         "seconds": round(time.perf_counter() - started, 1),
         "seconds_per_step": round(step_seconds / max(timed_steps, 1), 4),
+        "peak_rss_mib": peak_rss_mib(),
     }
     if rank == 0:
         shutil.copytree(best_dir, ctx.work_dir / "best_adapter")

@@ -85,6 +85,10 @@ def test_all_stages_write_outputs_and_manifests(finished_run) -> None:
     metrics = json.loads((run / "evaluate" / "metrics.json").read_text())
     assert metrics["rows"] == 12
     assert 0 <= metrics["adapter"]["accuracy"] <= 1 and 0 <= metrics["zero_shot"]["accuracy"] <= 1
+    dev_correct = metrics["dev_zero_shot"]["accuracy"] * 12  # the base model on the 12 dev rows
+    assert abs(dev_correct - round(dev_correct)) < 1e-9
+    timing = json.loads((run / "evaluate" / "timing.json").read_text())
+    assert timing["peak_rss_mib"] > 100  # torch + the tiny model: a real process measurement
     predictions = (run / "evaluate" / "predictions.jsonl").read_text().splitlines()
     assert len(predictions) == 12
     task = json.loads((run / "export" / "task.json").read_text())
