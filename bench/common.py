@@ -12,8 +12,8 @@ from pathlib import Path
 
 import torch
 
-from pipeline.models import GEMMA_PACKAGE_SOURCE, load_model, load_tokenizer
-from pipeline.scoring import score_choices, training_batch
+from pipeline.engine.models import GEMMA_PACKAGE_SOURCE, load_model, load_tokenizer
+from pipeline.engine.scoring import score_choices, training_batch
 from pipeline.tasks import Encoder, get_task, load_task_splits
 
 DATA_DIR = Path(

@@ -22,8 +22,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from pipeline.engine.models import load_model, resolve_attention
 from pipeline.methods import ADePT, PromptTuning
-from pipeline.models import load_model, resolve_attention
 
 SIZES = {
     "tiny": dict(
@@ -163,8 +163,9 @@ def check_int8(model_dir: Path, device: str) -> None:
 
 def ds_worker(model_dir: Path, int8: bool) -> None:
     """Under torchrun: ADePT through DeepSpeedBackend (ZeRO-3) for 3 steps."""
-    from pipeline.config import PipelineConfig
-    from pipeline.distributed import DeepSpeedBackend, init_process_group
+    from pipeline.core.config import PipelineConfig
+    from pipeline.engine.backends import DeepSpeedBackend
+    from pipeline.engine.distributed import init_process_group
     from pipeline.methods import wrap
 
     config = PipelineConfig.model_validate(
@@ -175,8 +176,7 @@ def ds_worker(model_dir: Path, int8: bool) -> None:
             "train": {
                 "steps": 3,
                 "batch_size": 4,
-                "lr_prompt": 0.03,
-                "lr_offset": 0.01,
+                "lr": {"prompt": 0.03, "offset": 0.01},
                 "warmup_steps": 0,
             },
             "distributed": {"deepspeed": True, "zero_stage": 3},

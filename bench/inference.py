@@ -11,8 +11,8 @@ import argparse
 import torch
 from common import gemma, interleaved_medians, real_batch, report
 
+from pipeline.engine.scoring import score_choices
 from pipeline.methods import ADePT, PromptTuning, ZeroShot
-from pipeline.scoring import score_choices
 
 
 def main() -> None:

@@ -26,13 +26,10 @@ from transformers import AutoModelForCausalLM, LlamaConfig
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from pipeline.config import PipelineConfig  # noqa: E402
-from pipeline.distributed import (  # noqa: E402
-    DeepSpeedBackend,
-    dist_env,
-    init_process_group,
-    zero3_loading,
-)
+from pipeline.core.config import PipelineConfig  # noqa: E402
+from pipeline.engine.backends import DeepSpeedBackend  # noqa: E402
+from pipeline.engine.deepspeed_config import zero3_loading  # noqa: E402
+from pipeline.engine.distributed import dist_env, init_process_group  # noqa: E402
 from pipeline.methods import ADePT  # noqa: E402
 
 DIMS = dict(

@@ -22,9 +22,9 @@ from common import (
     timed_train_step,
 )
 
-from pipeline.config import load_config
+from pipeline.core.config import load_config
 from pipeline.methods import ZeroShot, wrap
-from pipeline.study import load_study, plan_grid
+from pipeline.study.plan import load_study, plan_grid
 
 
 def main() -> None:

@@ -14,8 +14,8 @@ from pathlib import Path
 import yaml
 from common import DATA_DIR, TASK_MAX_LENGTH, report
 
-from pipeline.config import load_config
-from pipeline.models import GEMMA_PACKAGE_SOURCE, load_tokenizer
+from pipeline.core.config import load_config
+from pipeline.engine.models import GEMMA_PACKAGE_SOURCE, load_tokenizer
 from pipeline.runner import Runner
 from pipeline.tasks import get_task, load_task_splits
 

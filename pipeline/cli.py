@@ -11,21 +11,27 @@ from pathlib import Path
 
 import yaml
 
-from .config import ConfigError, PipelineConfig, load_config
-from .distributed import dist_env, is_distributed_launch
-from .runner import STAGES, Runner, StageError, ensure_writable
+from .core.config import ConfigError, PipelineConfig, load_config
+from .core.files import ensure_writable
+from .engine.distributed import dist_env, is_distributed_launch
+from .engine.predict import PREDICT_BATCH_SIZE
+from .launch.signals import Preempted
+from .runner import STAGE_NAMES, Runner
 
 log = logging.getLogger("pipeline")
 EXIT_USAGE = 2  # bad config / input: the message says what to fix
 
 
 def _known_errors() -> tuple[type[BaseException], ...]:
+    from .core.locks import LockHeld
+    from .core.stage import StageError
+    from .engine.models import ModelLoadError
+    from .launch.commands import LaunchError
+    from .launch.slurm import SlurmError
     from .methods import BudgetError
-    from .models import ModelLoadError
-    from .slurm import SlurmError
-    from .study import StudyError
+    from .study.jobs import StudyError
     from .tasks import DataError
-    from .tracking import TrackingError
+    from .tracking.tracker import TrackingError
 
     return (
         ConfigError,
@@ -33,6 +39,8 @@ def _known_errors() -> tuple[type[BaseException], ...]:
         SlurmError,
         StudyError,
         StageError,
+        LockHeld,
+        LaunchError,
         DataError,
         ModelLoadError,
         BudgetError,
@@ -45,15 +53,15 @@ def _known_errors() -> tuple[type[BaseException], ...]:
 
 def _stages(arg: str | None) -> tuple[str, ...]:
     if not arg:
-        return STAGES
+        return STAGE_NAMES
     return tuple(s.strip() for s in arg.split(",") if s.strip())
 
 
 def preflight(config: PipelineConfig) -> None:
     """Budget and DeepSpeed checks before any stage runs (skipped when the model's dims are
     not available offline yet; loading reports that case itself)."""
+    from .engine.planning import model_spec
     from .methods import BudgetError
-    from .planning import model_spec
 
     try:
         spec, _ = model_spec(config.model.source)
@@ -64,7 +72,7 @@ def preflight(config: PipelineConfig) -> None:
     except BudgetError as exc:
         raise ConfigError(f"method: {exc}") from None
     if config.distributed.deepspeed:
-        from .distributed import fill_ds_config
+        from .engine.deepspeed_config import fill_ds_config
 
         fill_ds_config(config, config.distributed.world_size)
 
@@ -94,7 +102,7 @@ def print_summary(config: PipelineConfig, results) -> None:
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
-    from .slurm import variant_table
+    from .launch.slurm import variant_table
 
     rows = variant_table(args.config, args.set)
     for index, overrides, run_dir in rows:
@@ -105,7 +113,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
 
 def cmd_submit(args: argparse.Namespace) -> int:
-    from .slurm import submit
+    from .launch.slurm import submit
 
     jobs = submit(args.config, args.set, args.sbatch_arg, args.max_parallel)
     for stage, job_id in jobs.items():
@@ -114,18 +122,18 @@ def cmd_submit(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from .study import compare
+    from .study.jobs import compare
 
     command = " ".join(["pipeline", *args.argv])
-    report = compare(args.study, args.dry_run, args.parallel, command)
+    report = compare(args.study, args.dry_run, args.parallel, command, args.report_only)
     if not args.dry_run:
         print(f"report: {report / 'report.md'}")
     return 0
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    from .planning import plan
-    from .tracking import redact
+    from .engine.planning import plan
+    from .tracking.tracker import redact
 
     config = load_config(args.config, args.set)
     planned = plan(config)
@@ -145,7 +153,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
     for stage, status in Runner(config).plan().items():
         print(f"{stage:<9} {status}")
     if config.distributed.deepspeed:
-        from .distributed import ds_config_path, fill_ds_config
+        from .engine.deepspeed_config import ds_config_path, fill_ds_config
 
         ds = fill_ds_config(config, config.distributed.world_size)
         mode = (
@@ -169,7 +177,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from .predict import Predictor
+    from .engine.predict import Predictor
     from .tasks.readers import read_jsonl
 
     rows = [{k: v for k, v in r.items() if k != "_line"} for r in read_jsonl(Path(args.input))]
@@ -199,7 +207,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser("run", help="run the stages (cached stages are skipped)")
     with_config(run)
-    run.add_argument("--stages", help=f"comma-separated subset of {','.join(STAGES)}")
+    run.add_argument("--stages", help=f"comma-separated subset of {','.join(STAGE_NAMES)}")
     run.add_argument("--force", action="store_true", help="re-run stages even when cached")
     run.add_argument("--variant", type=int, help="run the i-th combination of the sweep: grid")
     run.set_defaults(func=cmd_run)
@@ -225,6 +233,9 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("study", help="study YAML, e.g. configs/studies/gemma3_270m.yaml")
     compare.add_argument("--dry-run", action="store_true", help="print the grid jobs only")
     compare.add_argument("--parallel", type=int, help="jobs at a time (overrides the file)")
+    compare.add_argument(
+        "--report-only", action="store_true", help="render the report from finished jobs only"
+    )
     compare.set_defaults(func=cmd_compare)
 
     validate = sub.add_parser("validate", help="check config, print budget, stage and memory plan")
@@ -235,7 +246,7 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("run", help="run directory or export directory")
     predict.add_argument("--input", required=True, help="JSONL rows with the task's fields")
     predict.add_argument("--output", help="write JSONL here instead of stdout")
-    predict.add_argument("--batch-size", type=int, default=16)
+    predict.add_argument("--batch-size", type=int, default=PREDICT_BATCH_SIZE)
     predict.set_defaults(func=cmd_predict)
     return parser
 
@@ -250,8 +261,6 @@ def main(argv: list[str] | None = None) -> int:
         datefmt="%H:%M:%S",
     )
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
-    from .training import Preempted
-
     try:
         return args.func(args)
     except Preempted as exc:

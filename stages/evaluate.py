@@ -18,16 +18,20 @@ from typing import Any
 import datasets
 from tqdm.auto import tqdm
 
-from pipeline.evaluation import evaluate_dataset
+from pipeline.core.files import peak_rss_mib, write_json_atomic
+from pipeline.core.stage import RunContext, Stage
+from pipeline.engine.evaluation import evaluate_dataset
+from pipeline.engine.models import context_base_model, context_tokenizer
 from pipeline.methods import SoftPromptModel, ZeroShot
-from pipeline.runner import RunContext, peak_rss_mib, write_json_atomic
 from pipeline.tasks import get_task
+
+METRICS, TIMING, PREDICTIONS = "metrics.json", "timing.json", "predictions.jsonl"
 
 
 def run(ctx: RunContext) -> dict[str, Any]:
     cfg = ctx.config
     task = get_task(cfg.task.name)
-    tokenizer, base = ctx.tokenizer(), ctx.base_model()
+    tokenizer, base = context_tokenizer(ctx), context_base_model(ctx)
     test = datasets.load_from_disk(str(ctx.input_dir("tokenize") / "test"))
     adapter_dir = ctx.input_dir("train") / "best_adapter"
 
@@ -52,7 +56,7 @@ def run(ctx: RunContext) -> dict[str, Any]:
         timing[f"{name}_seconds_per_batch"] = round((time.perf_counter() - started) / batches, 4)
         results[name] = metrics
         if name == "adapter":
-            with open(ctx.work_dir / "predictions.jsonl", "w") as f:
+            with open(ctx.work_dir / PREDICTIONS, "w") as f:
                 f.writelines(json.dumps(r) + "\n" for r in rows)
         ctx.log_metrics({f"test/{name}/{k}": v for k, v in metrics.items()}, None)
     if cfg.eval.zero_shot:
@@ -63,6 +67,16 @@ def run(ctx: RunContext) -> dict[str, Any]:
         results["dev_zero_shot"] = dev_metrics
         ctx.log_metrics({f"dev/zero_shot/{k}": v for k, v in dev_metrics.items()}, None)
     timing["peak_rss_mib"] = peak_rss_mib()
-    write_json_atomic(ctx.work_dir / "metrics.json", results)
-    write_json_atomic(ctx.work_dir / "timing.json", {"batch_size": cfg.eval.batch_size, **timing})
+    write_json_atomic(ctx.work_dir / METRICS, results)
+    write_json_atomic(ctx.work_dir / TIMING, {"batch_size": cfg.eval.batch_size, **timing})
     return {k: v for k, v in results.items() if k in ("adapter", "zero_shot")}
+
+
+STAGE = Stage(
+    name="evaluate",
+    run=run,
+    upstream=("tokenize", "train"),
+    config_keys=("eval", "model", "task.name"),
+    outputs=(METRICS, TIMING, PREDICTIONS),
+    tracked={METRICS: "evaluate"},
+)

@@ -19,19 +19,21 @@ from typing import Any
 
 from safetensors.torch import save_file
 
+from pipeline.core.files import write_json_atomic
+from pipeline.core.stage import WHOLE_CONFIG, RunContext, Stage
+from pipeline.engine.models import context_base_model
+from pipeline.engine.predict import TASK_FILE
 from pipeline.methods import SoftPromptModel
-from pipeline.runner import RunContext, write_json_atomic
 from pipeline.tasks import get_task
 
-TASK_FILE = "task.json"
-FOLDED_FILE = "folded_embeddings.safetensors"
+ADAPTER, FOLDED_FILE, REGISTERED = "adapter", "folded_embeddings.safetensors", "registered.json"
 
 
 def run(ctx: RunContext) -> dict[str, Any]:
     cfg = ctx.config
     task = get_task(cfg.task.name)
     adapter_src = ctx.input_dir("train") / "best_adapter"
-    shutil.copytree(adapter_src, ctx.work_dir / "adapter")
+    shutil.copytree(adapter_src, ctx.work_dir / ADAPTER)
     metrics = json.loads((ctx.input_dir("evaluate") / "metrics.json").read_text())
     description = {
         "task": task.name,
@@ -45,16 +47,12 @@ def run(ctx: RunContext) -> dict[str, Any]:
     write_json_atomic(ctx.work_dir / TASK_FILE, description)
     summary: dict[str, Any] = {"adapter": str(ctx.run_dir / "export" / "adapter")}
     if cfg.export.fold:
-        model = SoftPromptModel.from_pretrained(ctx.base_model(), adapter_src)
-        if model.config.method != "adept":
-            raise ValueError(
-                f"export.fold: only ADePT folds, this run trained {model.config.method}"
-            )
-        model.fold()
+        model = SoftPromptModel.from_pretrained(context_base_model(ctx), adapter_src)
+        model.fold()  # TypeError for a method that does not fold (validate catches it first)
         save_file({"weight": model.folded_embeddings.contiguous()}, ctx.work_dir / FOLDED_FILE)
         summary["folded"] = True
     if cfg.export.register_model and ctx.tracker is not None and ctx.tracker.enabled:
-        from pipeline.registry import register
+        from pipeline.tracking.registry import register
 
         name = cfg.export.registered_model_name or cfg.name
         tags = {
@@ -64,7 +62,7 @@ def run(ctx: RunContext) -> dict[str, Any]:
         }
         version = register(ctx.work_dir, name, cfg.export.alias, tags)
         write_json_atomic(
-            ctx.work_dir / "registered.json",
+            ctx.work_dir / REGISTERED,
             {
                 "name": name,
                 "version": version,
@@ -74,3 +72,13 @@ def run(ctx: RunContext) -> dict[str, Any]:
         )
         summary.update(registered=name, version=version)
     return summary
+
+
+STAGE = Stage(
+    name="export",
+    run=run,
+    upstream=("tokenize", "train", "evaluate"),
+    config_keys=(WHOLE_CONFIG,),  # task.json records the hash of the whole config
+    outputs=(ADAPTER, TASK_FILE),
+    tracked={TASK_FILE: "export"},
+)

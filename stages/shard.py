@@ -14,8 +14,11 @@ from typing import Any
 
 import datasets
 
-from pipeline.runner import RunContext, write_json_atomic
-from pipeline.training import interleaved_shards
+from pipeline.core.files import write_json_atomic
+from pipeline.core.stage import RunContext, Stage
+from pipeline.engine.batches import interleaved_shards
+
+SHARDS = "shards.json"
 
 
 def run(ctx: RunContext) -> dict[str, Any]:
@@ -29,8 +32,22 @@ def run(ctx: RunContext) -> dict[str, Any]:
         )
     shards = interleaved_shards(rows, batch, world, ctx.config.train.seed)
     write_json_atomic(
-        ctx.work_dir / "shards.json",
+        ctx.work_dir / SHARDS,
         {"world_size": world, "batch_size": batch, "rows": rows, "shards": shards},
     )
     per_rank = len(shards[0])
     return {"world_size": world, "per_rank": per_rank, "dropped": rows - world * per_rank}
+
+
+STAGE = Stage(
+    name="shard",
+    run=run,
+    upstream=("tokenize",),
+    config_keys=(
+        "distributed.nproc_per_node",
+        "distributed.nnodes",
+        "train.seed",
+        "train.batch_size",
+    ),
+    outputs=(SHARDS,),
+)

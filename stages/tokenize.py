@@ -16,8 +16,12 @@ from typing import Any
 
 import datasets
 
-from pipeline.runner import RunContext, write_json_atomic
+from pipeline.core.files import write_json_atomic
+from pipeline.core.stage import RunContext, Stage
+from pipeline.engine.models import context_tokenizer
 from pipeline.tasks import Encoder, get_task, load_task_splits
+
+SPLITS, STATS = ("train", "dev", "test"), "stats.json"
 
 
 def run(ctx: RunContext) -> dict[str, Any]:
@@ -25,7 +29,7 @@ def run(ctx: RunContext) -> dict[str, Any]:
     task = get_task(cfg.task.name)
     limits = {"train": cfg.task.train_limit, "dev": cfg.task.dev_limit, "test": cfg.task.test_limit}
     splits = load_task_splits(task, cfg.data_dir(), limits)
-    encoder = Encoder(task, ctx.tokenizer(), cfg.task.max_length)
+    encoder = Encoder(task, context_tokenizer(ctx), cfg.task.max_length)
 
     stats: dict[str, Any] = {"task": task.name, "max_length": cfg.task.max_length}
     for split, (rows, source) in splits.items():
@@ -38,5 +42,14 @@ def run(ctx: RunContext) -> dict[str, Any]:
             "max_context_tokens": max(lengths),
             "mean_context_tokens": round(sum(lengths) / len(lengths), 1),
         }
-    write_json_atomic(ctx.work_dir / "stats.json", stats)
+    write_json_atomic(ctx.work_dir / STATS, stats)
     return {split: stats[split]["rows"] for split in splits}
+
+
+STAGE = Stage(
+    name="tokenize",
+    run=run,
+    config_keys=("model.source", "task"),
+    outputs=(*SPLITS, STATS),
+    shared=True,
+)

@@ -1,21 +1,21 @@
-"""Train: fit the soft prompt (+ offset) on the frozen base; keep the best adapter on dev.
+"""Train: fit the method's trainable part on the frozen base; keep the best adapter on dev.
 
-Inputs:  tokenize/{train,dev}, shard/shards.json.
-Outputs: ``best_adapter/`` (adapter_config.json + adapter_model.safetensors, adapter only),
-         ``history.jsonl`` (per-log-step loss, learning rates, tokens/s, dev metrics),
-         ``train_summary.json``.
-Setup:   load base + tokenizer; wrap with the configured method; a plain PyTorch backend (one
-         process) or a DeepSpeed engine (``distributed.deepspeed``; see pipeline/distributed.py
-         for the bf16 and 8-bit modes); resume from the newest verified checkpoint of this exact
-         stage key, if any.
-Run:     ``train.steps`` optimiser steps of ``batch_size × grad_accum × world_size`` rows, two
-         learning rates with linear warm-up/decay, gradient clipping; dev evaluation every
-         ``eval_every`` steps and at the end (the task's first metric picks the best adapter);
-         a checkpoint every ``checkpoint_every`` steps and on SIGTERM/SIGUSR1 (then it stops
-         with Preempted, and re-running resumes the exact trajectory).
-Cleanup: rank 0 copies history and best adapter into the stage output; other ranks write nothing.
-Raises:  FloatingPointError when the loss turns NaN/inf (the last good adapter is kept);
-         ValueError for a corrupt checkpoint (checksum mismatch).
+A recipe in four steps (torchtune style), each its own function:
+
+Setup:    load base + tokenizer, wrap with the configured method, build the backend (one
+          process, or a DeepSpeed engine: pipeline/engine/backends.py), read the tokenized rows
+          and this rank's shard.
+Resume:   from the newest verified checkpoint of this exact stage key, if any (the batch stream,
+          best dev score and history continue exactly).
+Loop:     ``train.steps`` optimiser steps of ``batch_size × grad_accum × world_size`` rows, one
+          learning rate per parameter group with linear warm-up/decay, gradient clipping; dev
+          evaluation every ``eval_every`` steps and at the end (the task's first metric picks the
+          best adapter); a checkpoint every ``checkpoint_every`` steps and on SIGTERM/SIGUSR1
+          (then it stops with Preempted: pipeline/launch/signals.py).
+Finalize: rank 0 copies history, best adapter and the loss curve into the stage output; other
+          ranks write nothing.
+Raises:   FloatingPointError when the loss turns NaN/inf (the last good adapter is kept);
+          ValueError for a corrupt checkpoint (checksum mismatch).
 """
 
 from __future__ import annotations
@@ -24,8 +24,8 @@ import json
 import logging
 import math
 import shutil
-import signal
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -33,56 +33,76 @@ import datasets
 import torch
 from tqdm.auto import tqdm
 
-from pipeline.distributed import (
-    Checkpointer,
-    any_rank,
-    build_backend,
-    dist_env,
-    init_process_group,
-)
-from pipeline.evaluation import evaluate_dataset
+from pipeline.core.files import peak_rss_mib, write_json_atomic
+from pipeline.core.stage import RunContext, Stage
+from pipeline.engine.backends import build_backend, load_training_base
+from pipeline.engine.batches import BatchStream
+from pipeline.engine.checkpoint import Checkpointer
+from pipeline.engine.distributed import any_rank, dist_env, init_process_group
+from pipeline.engine.evaluation import evaluate_dataset
+from pipeline.engine.models import context_tokenizer
+from pipeline.engine.scoring import training_batch
+from pipeline.launch.signals import StopFlag, clear_marker, mark_preempted
 from pipeline.methods import wrap
-from pipeline.runner import PREEMPTED_MARKER, RunContext, peak_rss_mib, write_json_atomic
-from pipeline.scoring import training_batch
-from pipeline.tasks import get_task
-from pipeline.training import BatchStream, Preempted
+from pipeline.tasks import Task, get_task
+from pipeline.tracking.plots import loss_curve
 
 log = logging.getLogger(__name__)
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+HISTORY, BEST_ADAPTER, SUMMARY, CURVE = (
+    "history.jsonl",
+    "best_adapter",
+    "train_summary.json",
+    "loss_curve.png",
+)
 
 
-class StopFlag:
-    """Set by SIGTERM/SIGUSR1; the loop checkpoints and stops at the next step boundary."""
+@dataclass
+class Trainer:
+    """Everything the loop needs, built by :func:`setup`."""
 
-    def __init__(self) -> None:
-        self.raised = False
-        self.previous = {s: signal.signal(s, self._handle) for s in STOP_SIGNALS}
+    ctx: RunContext
+    task: Task
+    rank: int
+    world: int
+    model: Any
+    backend: Any
+    pad_id: int
+    contexts: list
+    answers: list
+    dev: Any
+    stream: BatchStream
+    checkpointer: Checkpointer
+    scratch: Path
 
-    def _handle(self, signum, frame) -> None:
-        log.warning("received %s: checkpointing after this step", signal.Signals(signum).name)
-        self.raised = True
+    @property
+    def history_path(self) -> Path:
+        return self.scratch / HISTORY
 
-    def restore(self) -> None:
-        for sig, handler in self.previous.items():
-            signal.signal(sig, handler)
-
-
-def read_history(path: Path, up_to_step: int) -> list[dict[str, Any]]:
-    if not path.is_file():
-        return []
-    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    return [r for r in rows if r["step"] <= up_to_step]
+    @property
+    def best_dir(self) -> Path:
+        return self.scratch / BEST_ADAPTER
 
 
-def run(ctx: RunContext) -> dict[str, Any]:
-    cfg, train = ctx.config, ctx.config.train
+@dataclass
+class Progress:
+    """Where training stands: the next step, the best dev result, the logged history."""
+
+    start: int = 1
+    best: dict[str, Any] = field(
+        default_factory=lambda: {"step": None, "score": -math.inf, "metrics": {}}
+    )
+    history: list[dict[str, Any]] = field(default_factory=list)
+    step_seconds: float = 0.0  # optimiser steps alone (no dev evaluation or I/O)
+    timed_steps: int = 0
+
+
+def setup(ctx: RunContext) -> Trainer:
+    cfg = ctx.config
     if cfg.distributed.deepspeed:
         init_process_group()
     rank, world, _ = dist_env()
-    task = get_task(cfg.task.name)
-    zero3_world = world if cfg.distributed.deepspeed else None
-    tokenizer, base = ctx.tokenizer(), ctx.base_model(zero3_world_size=zero3_world)
-    torch.manual_seed(train.seed)
+    tokenizer, base = context_tokenizer(ctx), load_training_base(ctx)
+    torch.manual_seed(cfg.train.seed)
     # an int8 base stays outside the engine's module (mode b); otherwise the engine owns it all
     model = wrap(
         base,
@@ -98,133 +118,182 @@ def run(ctx: RunContext) -> dict[str, Any]:
         model.expected_trainable_parameters(),
         world,
     )
-
     data_dir = ctx.input_dir("tokenize")
-    train_rows = datasets.load_from_disk(str(data_dir / "train"))
-    contexts, choices, labels = (train_rows[c] for c in ("context_ids", "choice_ids", "label"))
-    answers = [choices[i][labels[i]] for i in range(len(labels))]
-    dev = datasets.load_from_disk(str(data_dir / "dev"))
+    rows = datasets.load_from_disk(str(data_dir / "train"))
+    contexts, choices, labels = (rows[c] for c in ("context_ids", "choice_ids", "label"))
     shards = json.loads((ctx.input_dir("shard") / "shards.json").read_text())
     if shards["world_size"] != world:
         raise ValueError(
             f"shard/shards.json was made for {shards['world_size']} ranks, this launch has {world}"
         )
-    stream = BatchStream(shards["shards"][rank], train.batch_size, train.seed)
-    pad_id = tokenizer.pad_token_id
-
     scratch = ctx.scratch_dir()
-    history_path, best_dir = scratch / "history.jsonl", scratch / "best_adapter"
-    if rank == 0:
-        (scratch / PREEMPTED_MARKER).unlink(missing_ok=True)
-    checkpointer = Checkpointer(scratch, ctx.stage_key)
-    state = checkpointer.resume(backend)
+    return Trainer(
+        ctx=ctx,
+        task=get_task(cfg.task.name),
+        rank=rank,
+        world=world,
+        model=model,
+        backend=backend,
+        pad_id=tokenizer.pad_token_id,
+        contexts=contexts,
+        answers=[choices[i][labels[i]] for i in range(len(labels))],
+        dev=datasets.load_from_disk(str(data_dir / "dev")),
+        stream=BatchStream(shards["shards"][rank], cfg.train.batch_size, cfg.train.seed),
+        checkpointer=Checkpointer(scratch, ctx.stage_key),
+        scratch=scratch,
+    )
+
+
+def read_history(path: Path, up_to_step: int) -> list[dict[str, Any]]:
+    if not path.is_file():
+        return []
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return [r for r in rows if r["step"] <= up_to_step]
+
+
+def resume(t: Trainer) -> Progress:
+    """Continue from the newest checkpoint of this stage key, or start fresh."""
+    if t.rank == 0:
+        clear_marker(t.scratch)
+    state = t.checkpointer.resume(t.backend)
     if state:
-        start, best = state["step"] + 1, state["best"]
-        stream.seek(*state["stream"])
-        history = read_history(history_path, state["step"])
-    else:
-        start, best, history = 1, {"step": None, "score": -math.inf, "metrics": {}}, []
-        if rank == 0:
-            shutil.rmtree(best_dir, ignore_errors=True)
-    if rank == 0:
-        history_path.write_text("".join(json.dumps(r) + "\n" for r in history))
-
-    def save_best(step: int, metrics: dict[str, float]) -> None:
-        adapter = backend.adapter_state()  # collective under ZeRO-3: every rank gathers
-        if rank == 0:
-            backend.module.save_adapter(
-                best_dir, extra={"step": step, "dev": metrics}, state=adapter
-            )
-
-    stop = StopFlag()
-    started, tokens_since, time_since = time.perf_counter(), 0, time.perf_counter()
-    step_seconds, timed_steps = 0.0, 0  # optimiser steps alone (no dev evaluation or I/O)
-    backend.module.train()
-    try:
-        progress = tqdm(
-            range(start, train.steps + 1),
-            desc="train",
-            unit="step",
-            mininterval=5,
-            disable=rank != 0,
+        t.stream.seek(*state["stream"])
+        progress = Progress(
+            start=state["step"] + 1,
+            best=state["best"],
+            history=read_history(t.history_path, state["step"]),
         )
-        for step in progress:
-            micro = []
-            for _ in range(train.grad_accum):
-                ids = next(stream)
-                micro.append(
-                    training_batch([contexts[i] for i in ids], [answers[i] for i in ids], pad_id)
-                )
-                tokens_since += int(micro[-1]["attention_mask"].sum()) * world
-            step_started = time.perf_counter()
-            loss, grad_norm = backend.train_step(micro)
-            step_seconds += time.perf_counter() - step_started
-            timed_steps += 1
-            if not math.isfinite(loss):
-                good = checkpointer.complete()
-                raise FloatingPointError(
-                    f"train loss became {loss} at step {step}; stopped without saving this step. "
-                    f"Last good checkpoint: {good[-1] if good else 'none'}; best adapter so far "
-                    f"(step {best['step']}): {best_dir}. Lower train.lr_prompt / train.lr_offset"
-                )
+    else:
+        progress = Progress()
+        if t.rank == 0:
+            shutil.rmtree(t.best_dir, ignore_errors=True)
+    if t.rank == 0:
+        t.history_path.write_text("".join(json.dumps(r) + "\n" for r in progress.history))
+    return progress
+
+
+def next_micro_batches(t: Trainer) -> list[dict[str, torch.Tensor]]:
+    micro = []
+    for _ in range(t.ctx.config.train.grad_accum):
+        ids = next(t.stream)
+        contexts, answers = [t.contexts[i] for i in ids], [t.answers[i] for i in ids]
+        micro.append(training_batch(contexts, answers, t.pad_id))
+    return micro
+
+
+def evaluate_dev(t: Trainer, step: int, progress: Progress) -> dict[str, float]:
+    """Score dev; a better score than any before saves the adapter (collective under ZeRO-3)."""
+    metrics, _ = evaluate_dataset(
+        t.backend.module, t.task, t.dev, t.pad_id, t.ctx.config.eval.batch_size
+    )
+    score = metrics[t.task.selection_metric]
+    if score > progress.best["score"]:
+        progress.best = {"step": step, "score": score, "metrics": metrics}
+        adapter = t.backend.adapter_state()  # every rank gathers
+        if t.rank == 0:
+            extra = {"step": step, "dev": metrics}
+            t.backend.module.save_adapter(t.best_dir, extra=extra, state=adapter)
+    log.info("step %d dev %s", step, metrics)
+    return {f"dev/{k}": v for k, v in metrics.items()}
+
+
+def check_finite(t: Trainer, loss: float, step: int, progress: Progress) -> None:
+    if math.isfinite(loss):
+        return
+    good = t.checkpointer.complete()
+    groups = ", ".join(f"train.lr.{g}" for g in t.ctx.config.train.lr)
+    raise FloatingPointError(
+        f"train loss became {loss} at step {step}; stopped without saving this step. "
+        f"Last good checkpoint: {good[-1] if good else 'none'}; best adapter so far "
+        f"(step {progress.best['step']}): {t.best_dir}. Lower {groups}"
+    )
+
+
+def loop(t: Trainer, progress: Progress) -> None:
+    """The optimiser steps from ``progress.start`` to ``train.steps``."""
+    train = t.ctx.config.train
+    stop = StopFlag()
+    tokens, since = 0, time.perf_counter()
+    t.backend.module.train()
+    steps = range(progress.start, train.steps + 1)
+    bar = tqdm(steps, desc="train", unit="step", mininterval=5, disable=t.rank != 0)
+    try:
+        for step in bar:
+            micro = next_micro_batches(t)
+            tokens += sum(int(b["attention_mask"].sum()) for b in micro) * t.world
+            started = time.perf_counter()
+            loss, grad_norm = t.backend.train_step(micro)
+            progress.step_seconds += time.perf_counter() - started
+            progress.timed_steps += 1
+            check_finite(t, loss, step, progress)
             record: dict[str, Any] = {}
             if step % train.log_every == 0 or step == train.steps:
-                elapsed = time.perf_counter() - time_since
                 record = {
                     "train/loss": loss,
                     "train/grad_norm": grad_norm,
-                    "train/tokens_per_s": tokens_since / max(elapsed, 1e-9),
-                    **{f"train/lr_{k}": v for k, v in backend.learning_rates().items()},
+                    "train/tokens_per_s": tokens / max(time.perf_counter() - since, 1e-9),
+                    **{f"train/lr_{k}": v for k, v in t.backend.learning_rates().items()},
                 }
-                tokens_since, time_since = 0, time.perf_counter()
-                progress.set_postfix(loss=f"{loss:.4f}")
+                tokens, since = 0, time.perf_counter()
+                bar.set_postfix(loss=f"{loss:.4f}")
             if step % train.eval_every == 0 or step == train.steps:
-                metrics, _ = evaluate_dataset(
-                    backend.module, task, dev, pad_id, cfg.eval.batch_size
-                )
-                record.update({f"dev/{k}": v for k, v in metrics.items()})
-                if metrics[task.selection_metric] > best["score"]:
-                    best = {
-                        "step": step,
-                        "score": metrics[task.selection_metric],
-                        "metrics": metrics,
-                    }
-                    save_best(step, metrics)
-                log.info("step %d dev %s", step, metrics)
-            if record and rank == 0:
-                ctx.log_metrics(record, step)
-                with open(history_path, "a") as f:
+                record.update(evaluate_dev(t, step, progress))
+            if record and t.rank == 0:
+                t.ctx.log_metrics(record, step)
+                with open(t.history_path, "a") as f:
                     f.write(json.dumps({"step": step, **record}) + "\n")
             stopping = any_rank(stop.raised)
             if stopping or step % train.checkpoint_every == 0:
-                path = checkpointer.save(
-                    backend, step, {"stream": list(stream.position), "best": best}
-                )
+                client = {"stream": list(t.stream.position), "best": progress.best}
+                path = t.checkpointer.save(t.backend, step, client)
                 if stopping:
-                    if rank == 0:
-                        write_json_atomic(
-                            scratch / PREEMPTED_MARKER, {"step": step, "checkpoint": str(path)}
-                        )
-                    raise Preempted(step, str(path))
+                    raise mark_preempted(t.scratch, step, path)
     finally:
         stop.restore()
 
+
+def finalize(t: Trainer, progress: Progress, seconds: float) -> dict[str, Any]:
+    cfg = t.ctx.config
     summary = {
-        "method": model.config.method,
-        "trainable_parameters": model.expected_trainable_parameters(),
-        "world_size": world,
-        "steps": train.steps,
-        "resumed_from_step": start - 1 if start > 1 else None,
-        "best_step": best["step"],
-        f"best_dev_{task.selection_metric}": best["score"],
-        "seconds": round(time.perf_counter() - started, 1),
-        "seconds_per_step": round(step_seconds / max(timed_steps, 1), 4),
+        "method": t.model.config.method,
+        "trainable_parameters": t.model.expected_trainable_parameters(),
+        "world_size": t.world,
+        "steps": cfg.train.steps,
+        "resumed_from_step": progress.start - 1 if progress.start > 1 else None,
+        "best_step": progress.best["step"],
+        f"best_dev_{t.task.selection_metric}": progress.best["score"],
+        "seconds": round(seconds, 1),
+        "seconds_per_step": round(progress.step_seconds / max(progress.timed_steps, 1), 4),
         "peak_rss_mib": peak_rss_mib(),
     }
-    if rank == 0:
-        shutil.copytree(best_dir, ctx.work_dir / "best_adapter")
-        shutil.copy2(history_path, ctx.work_dir / "history.jsonl")
-        write_json_atomic(
-            ctx.work_dir / "train_summary.json", {**summary, "best_dev": best["metrics"]}
-        )
+    if t.rank == 0:
+        out = t.ctx.work_dir
+        shutil.copytree(t.best_dir, out / BEST_ADAPTER)
+        shutil.copy2(t.history_path, out / HISTORY)
+        write_json_atomic(out / SUMMARY, {**summary, "best_dev": progress.best["metrics"]})
+        loss_curve(out / HISTORY, out / CURVE)
     return summary
+
+
+def run(ctx: RunContext) -> dict[str, Any]:
+    started = time.perf_counter()
+    trainer = setup(ctx)
+    progress = resume(trainer)
+    loop(trainer, progress)
+    return finalize(trainer, progress, time.perf_counter() - started)
+
+
+STAGE = Stage(
+    name="train",
+    run=run,
+    upstream=("tokenize", "shard"),
+    config_keys=("model", "method", "train", "distributed", "task.name", "eval.batch_size"),
+    outputs=(BEST_ADAPTER, HISTORY, SUMMARY),
+    tracked={
+        SUMMARY: "train",
+        HISTORY: "train",
+        BEST_ADAPTER: "train/best_adapter",
+        CURVE: "plots",
+    },
+    distributed=True,
+)

@@ -7,50 +7,15 @@ from pathlib import Path
 
 import pytest
 import torch
-from transformers import Gemma3ForCausalLM, Gemma3TextConfig, LlamaConfig, LlamaForCausalLM
+from transformers import Gemma3ForCausalLM, Gemma3TextConfig
+
+from tests.helpers import TINY_DIMS, tiny_gemma, tiny_llama
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-TINY_VOCAB = 1000
-TINY_DIMS = dict(
-    hidden_size=64,
-    intermediate_size=128,
-    num_hidden_layers=2,
-    num_attention_heads=4,
-    num_key_value_heads=2,
-)
-
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
-
-
-def tiny_llama(seed: int = 0) -> LlamaForCausalLM:
-    torch.manual_seed(seed)
-    config = LlamaConfig(
-        vocab_size=TINY_VOCAB,
-        **TINY_DIMS,
-        max_position_embeddings=512,
-        pad_token_id=0,
-        attn_implementation="sdpa",
-    )
-    return LlamaForCausalLM(config).eval()
-
-
-def tiny_gemma(seed: int = 0) -> Gemma3ForCausalLM:
-    """Gemma-3 text model: scaled embeddings, tied head; soft-capping on to cover that path."""
-    torch.manual_seed(seed)
-    config = Gemma3TextConfig(
-        vocab_size=TINY_VOCAB,
-        **TINY_DIMS,
-        head_dim=16,
-        max_position_embeddings=512,
-        sliding_window=512,
-        final_logit_softcapping=30.0,
-        pad_token_id=0,
-        attn_implementation="sdpa",
-    )
-    return Gemma3ForCausalLM(config).eval()
 
 
 TINY_MODELS = {"llama": tiny_llama, "gemma": tiny_gemma}
@@ -71,21 +36,21 @@ def data_dir() -> Path:
 
 @pytest.fixture(scope="session")
 def gemma_tokenizer():
-    from pipeline.models import GEMMA_PACKAGE_SOURCE, load_tokenizer
+    from pipeline.engine.models import GEMMA_PACKAGE_SOURCE, load_tokenizer
 
     return load_tokenizer(GEMMA_PACKAGE_SOURCE)
 
 
 @pytest.fixture(scope="session")
 def gemma_fp32():
-    from pipeline.models import GEMMA_PACKAGE_SOURCE, load_model
+    from pipeline.engine.models import GEMMA_PACKAGE_SOURCE, load_model
 
     return load_model(GEMMA_PACKAGE_SOURCE, dtype="float32", attention="sdpa")
 
 
 def save_tiny_gemma_with_real_tokenizer(path: Path) -> Path:
     """A tiny random Gemma-3 with the real Gemma tokenizer's vocabulary, as a local model dir."""
-    from pipeline.models import GEMMA_PACKAGE_SOURCE, load_tokenizer
+    from pipeline.engine.models import GEMMA_PACKAGE_SOURCE, load_tokenizer
 
     tokenizer = load_tokenizer(GEMMA_PACKAGE_SOURCE)
     torch.manual_seed(0)

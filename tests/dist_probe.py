@@ -11,10 +11,12 @@ from pathlib import Path
 
 import torch
 
-from pipeline.config import PipelineConfig
-from pipeline.distributed import DeepSpeedBackend, dist_env, init_process_group, zero3_loading
+from pipeline.core.config import PipelineConfig
+from pipeline.engine.backends import DeepSpeedBackend
+from pipeline.engine.deepspeed_config import zero3_loading
+from pipeline.engine.distributed import dist_env, init_process_group
+from pipeline.engine.models import load_model
 from pipeline.methods import wrap
-from pipeline.models import load_model
 
 
 def main() -> None:
@@ -34,8 +36,7 @@ def main() -> None:
             "train": {
                 "steps": 2,
                 "batch_size": 2,
-                "lr_prompt": 0.1,
-                "lr_offset": 0.01,
+                "lr": {"prompt": 0.1, "offset": 0.01},
                 "warmup_steps": 0,
             },
             "distributed": {

@@ -1,8 +1,91 @@
-"""Small helpers shared by test modules."""
+"""Helpers shared by test modules (fixtures live in conftest.py): tiny random models, method
+wrappers, run configs, subprocess runs of the CLI, a real `mlflow server`."""
 
 from __future__ import annotations
 
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
 import torch
+import yaml
+from transformers import Gemma3ForCausalLM, Gemma3TextConfig, LlamaConfig, LlamaForCausalLM
+
+from pipeline.methods import DePT, SoftPromptModel
+
+REPO = Path(__file__).resolve().parents[1]
+ENV = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
+TINY_VOCAB = 1000
+TINY_DIMS = dict(
+    hidden_size=64,
+    intermediate_size=128,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+)
+
+
+def tiny_llama(seed: int = 0) -> LlamaForCausalLM:
+    torch.manual_seed(seed)
+    config = LlamaConfig(
+        vocab_size=TINY_VOCAB,
+        **TINY_DIMS,
+        max_position_embeddings=512,
+        pad_token_id=0,
+        attn_implementation="sdpa",
+    )
+    return LlamaForCausalLM(config).eval()
+
+
+def tiny_gemma(seed: int = 0) -> Gemma3ForCausalLM:
+    """Gemma-3 text model: scaled embeddings, tied head; soft-capping on to cover that path."""
+    torch.manual_seed(seed)
+    config = Gemma3TextConfig(
+        vocab_size=TINY_VOCAB,
+        **TINY_DIMS,
+        head_dim=16,
+        max_position_embeddings=512,
+        sliding_window=512,
+        final_logit_softcapping=30.0,
+        pad_token_id=0,
+        attn_implementation="sdpa",
+    )
+    return Gemma3ForCausalLM(config).eval()
+
+
+def sliding_gemma(window: int) -> torch.nn.Module:
+    """A tiny Gemma-3 whose every layer uses a small sliding window (index-distance mask)."""
+    from transformers import Gemma3ForCausalLM, Gemma3TextConfig
+
+    torch.manual_seed(0)
+    config = Gemma3TextConfig(
+        vocab_size=TINY_VOCAB,
+        **TINY_DIMS,
+        head_dim=16,
+        max_position_embeddings=512,
+        sliding_window=window,
+        layer_types=["sliding_attention"] * TINY_DIMS["num_hidden_layers"],
+        pad_token_id=0,
+        attn_implementation="sdpa",
+    )
+    return Gemma3ForCausalLM(config).eval()
+
+
+M = 8
+
+
+def make(method, base, **kw) -> SoftPromptModel:
+    if method is DePT:
+        kw.setdefault("max_length", 32)
+    return method(base, num_virtual_tokens=M, **kw)
 
 
 def random_batch(batch: int = 3, length: int = 12, vocab: int = 1000, seed: int = 1):
@@ -33,3 +116,127 @@ def write_boolq_rows(path, data_dir, n: int):
         )
     )
     return path
+
+
+def write_config(tmp_path: Path, model_dir: Path, **sections) -> Path:
+    config = {
+        "name": "tiny",
+        "output_dir": str(tmp_path / "runs"),
+        "model": {"source": str(model_dir), "dtype": "float32", "attention": "sdpa"},
+        "method": {"name": "adept", "num_virtual_tokens": 4, "budget_tokens": 10},
+        "task": {
+            "name": "boolq",
+            "max_length": 96,
+            "train_limit": 32,
+            "dev_limit": 12,
+            "test_limit": 12,
+        },
+        "train": {"steps": 4, "batch_size": 4, "eval_every": 2, "log_every": 1, "warmup_steps": 1},
+        "eval": {"batch_size": 8},
+    }
+    for key, value in sections.items():
+        if key == "method" and value.get("name", "adept") != "adept":
+            config[key] = dict(value)  # another method: its own section, not merged with ADePT's
+        else:
+            config.setdefault(key, {}).update(value)
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def pipeline(*args: str, **run) -> subprocess.CompletedProcess:
+    """`pipeline ARGS` in a subprocess (repo root, test env unless given), output captured."""
+    run = {"cwd": REPO, "env": ENV, "timeout": 900, **run}
+    return subprocess.run(
+        [sys.executable, "-m", "pipeline.cli", *args], capture_output=True, text=True, **run
+    )
+
+
+def start_pipeline(*args: str, stderr=subprocess.DEVNULL) -> subprocess.Popen:
+    """`pipeline ARGS` in the background, in its own session (signal it with os.killpg)."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "pipeline.cli", *args],
+        cwd=REPO,
+        env=ENV,
+        stdout=subprocess.DEVNULL,
+        stderr=stderr,
+        text=True,
+        start_new_session=True,
+    )
+
+
+def losses(run: Path) -> list[float]:
+    history = (run / "train" / "history.jsonl").read_text().splitlines()
+    return [json.loads(x)["train/loss"] for x in history]
+
+
+def wait_for_step(history: Path, step: int, proc: subprocess.Popen, timeout: float = 600) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and proc.poll() is None:
+        if history.is_file() and any(
+            json.loads(x)["step"] >= step for x in history.read_text().splitlines() if x.strip()
+        ):
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"step {step} never logged (exit {proc.poll()})")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def mlflow_server(root: Path, timeout: float = 90.0) -> Iterator[str]:
+    port = free_port()
+    env = dict(
+        os.environ, MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false", MLFLOW_DISABLE_TELEMETRY="true"
+    )
+    log = open(root / "mlflow-server.log", "w")  # noqa: SIM115 - closed in the finally below
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "mlflow",
+            "server",
+            "--backend-store-uri",
+            f"sqlite:///{root / 'server.db'}",
+            "--artifacts-destination",
+            str(root / "artifacts"),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            "1",
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env=env,
+        start_new_session=True,
+    )
+    uri = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                with urllib.request.urlopen(f"{uri}/health", timeout=2) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                pass
+            if proc.poll() is not None or time.monotonic() > deadline:
+                tail = (root / "mlflow-server.log").read_text()[-2000:]
+                raise RuntimeError(f"mlflow server did not start: {tail}")
+            time.sleep(0.5)
+        yield uri
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+        log.close()

@@ -11,14 +11,13 @@ from pipeline.methods import (
     ADePTConfig,
     BudgetError,
     DePT,
+    DePTConfig,
     PromptTuning,
     PromptTuningConfig,
     adept_params,
     adept_rank,
     dept_params,
     dept_rank,
-    solve_rank,
-    trainable_params,
 )
 
 
@@ -38,19 +37,35 @@ def test_adept_counts_fit_under_pt_budget(d: int, expected: int) -> None:
 
 
 def test_pt_and_dept_counts() -> None:
-    assert trainable_params(PromptTuningConfig(num_virtual_tokens=100), 640) == 64_000
+    assert PromptTuningConfig(num_virtual_tokens=100).trainable_parameters(640) == 64_000
     # DePT on T5-base, s=256: m=60 -> r=30 fills the budget exactly
     assert dept_rank(100, 60, 768, 256) == 30
     assert dept_params(60, 30, 256, 768) == 76_800
 
 
 def test_budget_errors_name_the_cause() -> None:
-    with pytest.raises(BudgetError, match="m=100 must be smaller"):
-        solve_rank("adept", 100, 100, 640)
+    with pytest.raises(ValueError, match="num_virtual_tokens=100 must be smaller"):
+        ADePTConfig(num_virtual_tokens=100, budget_tokens=100)
     with pytest.raises(BudgetError, match="r=0 < 1"):
         adept_rank(100, 99, 640)
-    with pytest.raises(BudgetError, match="needs the padded input length"):
-        solve_rank("dept", 100, 60, 640)
+    text_config = LlamaConfig(hidden_size=640, num_attention_heads=4)
+    with pytest.raises(BudgetError, match="r=0 < 1"):
+        ADePTConfig(num_virtual_tokens=99).resolve(text_config)
+
+
+def test_each_method_config_solves_its_own_rank() -> None:
+    """The rank rule lives in the method's config: resolve() fills r from the budget (DePT's
+    table covers the task's input length, 256 when none is given); a given r is kept."""
+    text_config = LlamaConfig(hidden_size=768, num_attention_heads=4)
+    dept = DePTConfig(num_virtual_tokens=60).resolve(text_config, max_length=256)
+    assert (dept.rank, dept.max_length) == (30, 256)
+    assert dept.trainable_parameters(768) == dept_params(60, 30, 256, 768) == 76_800
+    assert DePTConfig(num_virtual_tokens=60).resolve(text_config).max_length == 256
+    assert DePTConfig(num_virtual_tokens=60).resolve(text_config, 128).rank == dept_rank(
+        100, 60, 768, 128
+    )
+    assert ADePTConfig(num_virtual_tokens=60, rank=5).resolve(text_config).rank == 5
+    assert ADePTConfig(num_virtual_tokens=60).resolve(text_config).rank == 19
 
 
 def test_llama7b_counts_on_meta_device() -> None:

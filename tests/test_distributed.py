@@ -8,28 +8,11 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
-from tests.test_pipeline import write_config
-
-REPO = Path(__file__).resolve().parents[1]
-ENV = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
-
-
-def pipeline(*args: str, **run) -> subprocess.CompletedProcess:
-    """`pipeline ARGS` in a subprocess (repo root, test env unless given), output captured."""
-    run = {"cwd": REPO, "env": ENV, "timeout": 900, **run}
-    return subprocess.run(
-        [sys.executable, "-m", "pipeline.cli", *args], capture_output=True, text=True, **run
-    )
-
-
-def losses(run: Path) -> list[float]:
-    history = (run / "train" / "history.jsonl").read_text().splitlines()
-    return [json.loads(x)["train/loss"] for x in history]
+from tests.helpers import ENV, REPO, losses, pipeline, start_pipeline, wait_for_step, write_config
 
 
 def dist_config(tmp: Path, model_dir: Path, world: int, batch: int, steps: int = 4, **extra):
@@ -41,8 +24,7 @@ def dist_config(tmp: Path, model_dir: Path, world: int, batch: int, steps: int =
             "eval_every": steps,
             "log_every": 1,
             "checkpoint_every": 2,
-            "lr_prompt": 0.05,
-            "lr_offset": 0.01,
+            "lr": {"prompt": 0.05, "offset": 0.01},
         },
         "distributed": {"nproc_per_node": world, "deepspeed": world > 1, "zero_stage": 3},
         "tracking": {"uri": None},
@@ -131,30 +113,6 @@ def test_zero3_partitions_per_rank(tmp_path, tiny_model_dir, mode) -> None:
             assert info["frozen_total_elements"] == 0
 
 
-def start_pipeline(*args: str, stderr=subprocess.DEVNULL) -> subprocess.Popen:
-    """`pipeline ARGS` in the background, in its own session (signal it with os.killpg)."""
-    return subprocess.Popen(
-        [sys.executable, "-m", "pipeline.cli", *args],
-        cwd=REPO,
-        env=ENV,
-        stdout=subprocess.DEVNULL,
-        stderr=stderr,
-        text=True,
-        start_new_session=True,
-    )
-
-
-def wait_for_step(history: Path, step: int, proc: subprocess.Popen, timeout: float = 600) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and proc.poll() is None:
-        if history.is_file() and any(
-            json.loads(x)["step"] >= step for x in history.read_text().splitlines() if x.strip()
-        ):
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"step {step} never logged (exit {proc.poll()})")
-
-
 @pytest.mark.parametrize("world", [1, 2])
 def test_signal_then_resume_equals_uninterrupted(tmp_path, tiny_model_dir, world) -> None:
     steps = 30 if world == 1 else 12
@@ -217,7 +175,12 @@ def test_gemma_zero3_two_ranks(tmp_path, data_dir) -> None:
         model={"source": "gemma3-270m", "dtype": "bfloat16"},
         method={"num_virtual_tokens": 60, "budget_tokens": 100},
         task={"name": "sst2", "max_length": 64, "train_limit": 64, "dev_limit": 8, "test_limit": 8},
-        train={"steps": 3, "batch_size": 2, "eval_every": 3, "lr_prompt": 0.03, "lr_offset": 0.001},
+        train={
+            "steps": 3,
+            "batch_size": 2,
+            "eval_every": 3,
+            "lr": {"prompt": 0.03, "offset": 0.001},
+        },
         distributed={"nproc_per_node": 2, "deepspeed": True},
         export={"register_model": False},
     )

@@ -8,10 +8,10 @@ import pytest
 import torch
 from transformers import AutoConfig, LlamaConfig
 
-from pipeline.config import ConfigError, PipelineConfig
+from pipeline.core.config import ConfigError, PipelineConfig
+from pipeline.engine.models import GEMMA_PACKAGE_SOURCE
+from pipeline.engine.planning import KNOWN_MODELS
 from pipeline.methods import LoRA, SoftPromptModel, ZeroShot, lora_params_per_rank, lora_rank
-from pipeline.models import GEMMA_PACKAGE_SOURCE
-from pipeline.planning import KNOWN_MODELS
 from tests.helpers import random_batch
 
 GEMMA_270M = AutoConfig.for_model(
@@ -56,7 +56,7 @@ def test_starts_as_the_base_and_trains_only_lora(tiny_base) -> None:
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     assert trainable and all("lora_" in n for n in trainable)
     assert model.num_trainable_parameters() == model.expected_trainable_parameters()
-    assert all(p.dtype == torch.float32 for p in model.offset_parameters())
+    assert all(p.dtype == torch.float32 for p in model.parameter_groups()["lora"])
     _train(model)
     assert not torch.allclose(model.logits(input_ids, mask), before)
     ZeroShot(tiny_base)  # takes the LoRA layers out again
@@ -98,7 +98,7 @@ def test_config_plans_lora_and_rejects_int8_under_deepspeed() -> None:
             }
         )
     bad = PipelineConfig.model_validate(
-        {"name": "x", "method": {"name": "lora", "lora_targets": ["up_proj"]}}
+        {"name": "x", "method": {"name": "lora", "target_modules": ["up_proj"]}}
     )
     with pytest.raises(ConfigError, match="method: LoRA target_modules"):
         bad.method_config(gemma)
@@ -123,5 +123,5 @@ def test_each_method_keeps_its_own_defaults(name, dropout, alpha) -> None:
 
 @pytest.mark.parametrize(("name", "key"), [("dept", "dropout"), ("adept", "alpha")])
 def test_method_key_the_method_lacks_is_an_error(name, key) -> None:
-    with pytest.raises(ValueError, match=f"method.{key}: method '{name}' has no {key}"):
+    with pytest.raises(ValueError, match=f"method.{key}: method '{name}' has no option '{key}'"):
         PipelineConfig.model_validate({"name": "x", "method": {"name": name, key: 0.2}})

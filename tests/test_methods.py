@@ -10,15 +10,7 @@ from peft import PromptTuningConfig as PeftPromptTuningConfig
 from peft import get_peft_model
 
 from pipeline.methods import ADePT, ADePTConfig, DePT, PromptTuning, SoftPromptModel
-from tests.helpers import perturb, random_batch
-
-M = 8
-
-
-def make(method, base, **kw) -> SoftPromptModel:
-    if method is DePT:
-        kw.setdefault("max_length", 32)
-    return method(base, num_virtual_tokens=M, **kw)
+from tests.helpers import M, make, perturb, random_batch, sliding_gemma, tiny_gemma
 
 
 def test_adept_at_init_equals_pt(tiny_base) -> None:
@@ -205,7 +197,7 @@ def test_save_load_round_trip(tiny_base, tmp_path, method) -> None:
 
 
 def test_load_refuses_mismatched_width(tmp_path) -> None:
-    from tests.conftest import tiny_llama
+    from tests.helpers import tiny_llama
 
     model = make(ADePT, tiny_llama())
     model.save_adapter(tmp_path / "a")
@@ -262,26 +254,6 @@ def test_adept_ffn_init_matches_authors_distribution() -> None:
         assert torch.count_nonzero(zero) == 0
 
 
-def sliding_gemma(window: int) -> torch.nn.Module:
-    """A tiny Gemma-3 whose every layer uses a small sliding window (index-distance mask)."""
-    from transformers import Gemma3ForCausalLM, Gemma3TextConfig
-
-    from tests.conftest import TINY_DIMS, TINY_VOCAB
-
-    torch.manual_seed(0)
-    config = Gemma3TextConfig(
-        vocab_size=TINY_VOCAB,
-        **TINY_DIMS,
-        head_dim=16,
-        max_position_embeddings=512,
-        sliding_window=window,
-        layer_types=["sliding_attention"] * TINY_DIMS["num_hidden_layers"],
-        pad_token_id=0,
-        attn_implementation="sdpa",
-    )
-    return Gemma3ForCausalLM(config).eval()
-
-
 @pytest.mark.parametrize("side", ["left", "right"])
 @pytest.mark.parametrize("method", [PromptTuning, DePT, ADePT])
 def test_sliding_window_row_scores_do_not_depend_on_batch_mates(method, side) -> None:
@@ -330,8 +302,6 @@ def test_exported_folded_table_loads_as_documented(tmp_path) -> None:
     its √d scale); set on a fresh wrapper, or fed as inputs_embeds to the plain model, it gives
     the adapter's logits."""
     from safetensors.torch import load_file, save_file
-
-    from tests.conftest import tiny_gemma
 
     model = make(ADePT, tiny_gemma()).eval()
     perturb(model)

@@ -7,41 +7,15 @@ import re
 import shutil
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
-import yaml
 
 from pipeline.cli import main
-from pipeline.runner import checksum_tree, read_manifest
-from tests.helpers import write_boolq_rows
+from pipeline.core.files import checksum_tree
+from pipeline.core.stage import read_manifest
+from tests.helpers import REPO, write_boolq_rows, write_config
 
-REPO = Path(__file__).resolve().parents[1]
 STAGE_NAMES = ["tokenize", "shard", "train", "evaluate", "export"]
-
-
-def write_config(tmp_path: Path, model_dir: Path, **sections) -> Path:
-    config = {
-        "name": "tiny",
-        "output_dir": str(tmp_path / "runs"),
-        "model": {"source": str(model_dir), "dtype": "float32", "attention": "sdpa"},
-        "method": {"name": "adept", "num_virtual_tokens": 4, "budget_tokens": 10},
-        "task": {
-            "name": "boolq",
-            "max_length": 96,
-            "train_limit": 32,
-            "dev_limit": 12,
-            "test_limit": 12,
-        },
-        "train": {"steps": 4, "batch_size": 4, "eval_every": 2, "log_every": 1, "warmup_steps": 1},
-        "eval": {"batch_size": 8},
-    }
-    for key, value in sections.items():
-        config.setdefault(key, {}).update(value)
-    tmp_path.mkdir(parents=True, exist_ok=True)
-    path = tmp_path / "tiny.yaml"
-    path.write_text(yaml.safe_dump(config))
-    return path
 
 
 @pytest.fixture(scope="module")
@@ -110,7 +84,7 @@ def test_rerun_is_cached_force_reruns(finished_run, capsys) -> None:
 def test_set_override_reruns_only_dependent_stages(finished_run, capsys) -> None:
     config, run = finished_run
     capsys.readouterr()
-    assert main(["run", str(config), "--set", "train.lr_prompt=0.01"]) == 0
+    assert main(["run", str(config), "--set", "train.lr.prompt=0.01"]) == 0
     assert statuses(capsys) == {
         "tokenize": "cached",
         "shard": "cached",
@@ -119,7 +93,7 @@ def test_set_override_reruns_only_dependent_stages(finished_run, capsys) -> None
         "export": "ran",
     }
     resolved = json.loads((run / "config.resolved.json").read_text())
-    assert resolved["train"]["lr_prompt"] == 0.01
+    assert resolved["train"]["lr"]["prompt"] == 0.01
 
 
 def test_evaluate_alone_from_saved_outputs(finished_run, capsys) -> None:
@@ -177,7 +151,7 @@ def test_every_shipped_config_validates(capsys) -> None:
 
 def test_config_errors_exit_2_with_key_path(tmp_path) -> None:
     bad = tmp_path / "bad.yaml"
-    bad.write_text("name: x\ntrain:\n  lr_prompt: fast\n  stepz: 3\n")
+    bad.write_text("name: x\ntrain:\n  steps: fast\n  stepz: 3\n")
     proc = subprocess.run(
         [sys.executable, "-m", "pipeline.cli", "validate", str(bad)],
         capture_output=True,
@@ -185,5 +159,5 @@ def test_config_errors_exit_2_with_key_path(tmp_path) -> None:
         cwd=REPO,
     )
     assert proc.returncode == 2
-    assert "train.lr_prompt: expected float, got 'fast'" in proc.stderr
+    assert "train.steps: expected int, got 'fast'" in proc.stderr
     assert "train.stepz: unknown key" in proc.stderr

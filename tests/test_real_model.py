@@ -47,8 +47,8 @@ def test_adept_trains_on_sst2_and_folds(gemma_fp32, gemma_tokenizer, data_dir) -
     ids, mask, labels = sst2_batch(data_dir, gemma_tokenizer)
     optimizer = torch.optim.AdamW(
         [
-            {"params": model.prompt_parameters(), "lr": 3e-2},
-            {"params": model.offset_parameters(), "lr": 1e-3},
+            {"params": model.parameter_groups()["prompt"], "lr": 3e-2},
+            {"params": model.parameter_groups()["offset"], "lr": 1e-3},
         ]
     )
     model.train()

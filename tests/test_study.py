@@ -13,7 +13,7 @@ import yaml
 
 from pipeline.cli import main
 from pipeline.methods import adept_params, adept_rank
-from tests.test_pipeline import write_config
+from tests.helpers import write_config
 
 METHODS = ("adept", "lora")
 SEEDS = (1, 2)
@@ -30,10 +30,15 @@ def write_study(tmp: Path, model_dir: Path) -> Path:
         "parallel": 2,
         "common": {"task.train_limit": 16},
         "tasks": {"boolq": {"train.steps": 2, "train.eval_every": 2}},
-        "methods": {"adept": {"method.num_virtual_tokens": 4}, "lora": {}},
+        # each entry is the whole method section (the base config's belongs to one method)
+        "methods": {
+            "adept": {"method.num_virtual_tokens": 4, "method.budget_tokens": 10},
+            "lora": {},
+        },
+        "comparisons": [["adept", "lora"]],
         "lr_grid": {
-            "adept": [{"train.lr_prompt": 0.001}, {"train.lr_prompt": 0.3}],
-            "lora": [{"train.lr_offset": 0.0001}, {"train.lr_offset": 0.05}],
+            "adept": [{"train.lr.prompt": 0.001}, {"train.lr.prompt": 0.3}],
+            "lora": [{"train.lr.lora": 0.0001}, {"train.lr.lora": 0.05}],
         },
     }
     path = tmp / "study.yaml"
@@ -81,7 +86,7 @@ def test_selection_seeds_and_report(finished_study) -> None:
             )
             assert r["test"] == json.loads(metrics_file.read_text())["adapter"]["accuracy"]
             assert r["train_seconds_per_step"] > 0 and r["infer_seconds_per_batch"] > 0
-    d, m = 64, 4  # tiny Gemma width; budget L=10 from the base config
+    d, m = 64, 4  # tiny Gemma width; budget L=10 from the study's method section
     expected = adept_params(m, adept_rank(10, m, d), d)
     assert boolq["methods"]["adept"][0]["trainable_parameters"] == expected == 578
     assert 0.0 <= boolq["zero_shot"] <= 1.0
@@ -90,6 +95,13 @@ def test_selection_seeds_and_report(finished_study) -> None:
     lora_mean = statistics.fmean(r["test"] for r in boolq["methods"]["lora"])
     assert f"| LoRA | {boolq['methods']['lora'][0]['trainable_parameters']:,} | " in report
     assert f"{lora_mean:.3f} ± " in report
+    paired = boolq["paired"][0]  # seeds pooled over the same test rows
+    adept_mean = statistics.fmean(r["test"] for r in boolq["methods"]["adept"])
+    assert (paired["a"], paired["b"], paired["seeds"]) == ("adept", "lora", len(SEEDS))
+    assert paired["difference"] == pytest.approx(adept_mean - lora_mean, abs=1e-12)
+    assert paired["ci95"][0] <= paired["difference"] <= paired["ci95"][1]
+    assert 0.0 < paired["mcnemar_p"] <= 1.0 and paired["pairs"] == 12 * len(SEEDS)
+    assert "| boolq | ADePT − LoRA | " in report and "## Per seed" in report
     for png in ("bars.png", "curves.png"):
         assert (tmp / "reports/tiny_study" / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
@@ -118,3 +130,18 @@ def test_rerun_is_served_from_cache(finished_study) -> None:
     for log in logs:
         text = log.read_text()
         assert " train     cached" in text and " evaluate  cached" in text, log.name
+
+
+def test_report_only_renders_without_running_jobs(finished_study, tmp_path, tiny_model_dir):
+    """--report-only re-renders from the jobs' outputs and starts no job (no log is touched);
+    without outputs it fails naming the missing file."""
+    path, tmp = finished_study
+    logs = {p: p.stat().st_mtime_ns for p in (tmp / "runs/tiny_study/logs").iterdir()}
+    before = json.loads((tmp / "reports/tiny_study/results.json").read_text())["results"]
+    assert main(["compare", str(path), "--report-only"]) == 0
+    assert {p: p.stat().st_mtime_ns for p in logs} == logs
+    after = json.loads((tmp / "reports/tiny_study/results.json").read_text())["results"]
+    assert after == before
+    fresh = write_study(tmp_path, tiny_model_dir)
+    assert main(["compare", str(fresh), "--report-only"]) == 2
+    assert not (tmp_path / "reports").exists()

@@ -13,9 +13,7 @@ import mlflow
 import pytest
 
 from pipeline.cli import main
-from tests.helpers import write_boolq_rows
-from tests.services import free_port, mlflow_server
-from tests.test_pipeline import write_config
+from tests.helpers import free_port, mlflow_server, write_boolq_rows, write_config
 
 
 @pytest.fixture(scope="module", params=["sqlite", "server"])
@@ -49,6 +47,7 @@ def test_run_params_metrics_artifacts(tracked_run) -> None:
     assert run.info.status == "FINISHED"
     params = run.data.params
     assert params["method.name"] == "adept" and params["train.steps"] == "4"
+    assert params["train.lr.prompt"] == "0.3" and params["train.lr.offset"] == "0.0001"
     assert len(params["config_hash"]) == 16 and "git_commit" in params
     assert [m.step for m in client.get_metric_history(run_id, "train.loss")] == [1, 2, 3, 4]
     assert len(client.get_metric_history(run_id, "dev.accuracy")) == 2
@@ -131,3 +130,22 @@ def test_unreachable_server_fails_fast(tmp_path, tiny_model_dir, capsys) -> None
     err = capsys.readouterr().err
     assert uri in err and "unreachable" in err
     assert not (tmp_path / "runs" / "tiny" / "tokenize").exists()
+
+
+def test_redaction_hides_secrets_not_sizes() -> None:
+    """Secret-named values and URI credentials are hidden; a key that merely contains a secret
+    word (num_virtual_tokens, budget_tokens) is a size and stays visible in params and prints."""
+    from pipeline.tracking.tracker import redact
+
+    config = {
+        "model": {"hub_token": "hf_abc", "source": "x"},
+        "method": {"num_virtual_tokens": 60, "budget_tokens": 100},
+        "extra": {"api-key": "k", "db_password": "p"},
+        "tracking": {"uri": "http://user:pw@host:5000"},
+    }
+    assert redact(config) == {
+        "model": {"hub_token": "***", "source": "x"},
+        "method": {"num_virtual_tokens": 60, "budget_tokens": 100},
+        "extra": {"api-key": "***", "db_password": "***"},
+        "tracking": {"uri": "http://***@host:5000"},
+    }

@@ -1,4 +1,5 @@
-"""Soft-prompt methods for frozen causal LMs: vanilla PT, DePT and ADePT (+ the LoRA baseline).
+"""Parameter-efficient methods for frozen causal LMs: vanilla PT, DePT and ADePT (+ the LoRA
+baseline), each one module that registers itself (:mod:`.registry`).
 
 Usable without the pipeline::
 
@@ -7,46 +8,33 @@ Usable without the pipeline::
     loss = model(input_ids, attention_mask, labels=labels).loss
 """
 
-from .budget import (
-    BudgetError,
-    adept_params,
-    adept_rank,
-    dept_params,
-    dept_rank,
-    lora_params_per_rank,
-    lora_rank,
-    prompt_tuning_params,
-    solve_rank,
-    trainable_params,
-)
-from .config import (
-    METHOD_CONFIGS,
-    ADePTConfig,
-    DePTConfig,
-    LoRAConfig,
-    PromptTuningConfig,
-    SoftPromptConfig,
+from .adept import ADePT, ADePTConfig, adept_params, adept_rank
+from .base import BudgetError, MethodConfig, SoftPromptConfig
+from .dept import DePT, DePTConfig, dept_params, dept_rank
+from .lora import LoRA, LoRAConfig, lora_params_per_rank, lora_rank
+from .prompt_tuning import PromptTuning, PromptTuningConfig, prompt_tuning_params
+from .registry import (
+    MethodConfigError,
+    MethodSpec,
     config_from_dict,
-)
-from .model import (
-    ADAPTER_CONFIG_NAME,
-    ADAPTER_WEIGHTS_NAME,
-    METHOD_MODELS,
-    ADePT,
-    DePT,
-    LoRA,
-    PromptTuning,
-    SoftPromptModel,
-    SoftPromptOutput,
-    ZeroShot,
+    config_from_section,
+    get_method,
+    method_names,
+    register_method,
+    section_from_config,
     wrap,
 )
+from .wrapper import (
+    ADAPTER_CONFIG_NAME,
+    ADAPTER_WEIGHTS_NAME,
+    SoftPromptModel,
+    SoftPromptOutput,
+)
+from .zero_shot import ZeroShot
 
 __all__ = [
     "ADAPTER_CONFIG_NAME",
     "ADAPTER_WEIGHTS_NAME",
-    "METHOD_CONFIGS",
-    "METHOD_MODELS",
     "ADePT",
     "ADePTConfig",
     "BudgetError",
@@ -54,6 +42,9 @@ __all__ = [
     "DePTConfig",
     "LoRA",
     "LoRAConfig",
+    "MethodConfig",
+    "MethodConfigError",
+    "MethodSpec",
     "PromptTuning",
     "PromptTuningConfig",
     "SoftPromptConfig",
@@ -63,12 +54,15 @@ __all__ = [
     "adept_params",
     "adept_rank",
     "config_from_dict",
+    "config_from_section",
     "dept_params",
     "dept_rank",
+    "get_method",
     "lora_params_per_rank",
     "lora_rank",
+    "method_names",
     "prompt_tuning_params",
-    "solve_rank",
-    "trainable_params",
+    "register_method",
+    "section_from_config",
     "wrap",
 ]

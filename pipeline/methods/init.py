@@ -7,7 +7,7 @@ import contextlib
 import torch
 from torch import nn
 
-from .config import SoftPromptConfig
+from .base import SoftPromptConfig
 
 
 def gathered(module: nn.Module) -> contextlib.AbstractContextManager:

@@ -1,50 +1,110 @@
-"""LoRA from HF PEFT, injected into the frozen base's attention projections (the weight-space
-baseline of the comparison study). The wrapper in model.py owns scoring; this file only puts the
-PEFT layers in and takes them out again.
+"""LoRA (HF PEFT) on the frozen base's attention projections: the weight-space baseline.
 
-LoRA changes the base module in place. Wrapping a base again (another method, the zero-shot
-model, or a LoRA loaded from disk) first takes earlier LoRA layers out, so each wrapper sees the
-pristine base and the most recent wrapper of a base is the one that works.
+A sibling of the soft-prompt methods: no prompt and no offset; its own parameter group, ``lora``
+(``train.lr.lora``). The rank is the one whose r·Σ(in + out) over the targeted projections is
+closest to the PT budget (Gemma 3 270M, q/v: r=1, 46,080 vs PT-100's 64,000). LoRA changes the
+base module in place; wrapping the base again takes the layers out (:mod:`.lora_layers`).
 """
 
 from __future__ import annotations
 
-import torch
+from dataclasses import dataclass, field, replace
+from typing import Any, ClassVar
+
 from torch import nn
 
-from .config import LoRAConfig
+from .base import DERIVED, BudgetError, MethodConfig, check_dropout, check_rank
+from .lora_layers import inject_lora
+from .registry import register_method
+from .wrapper import SoftPromptModel
 
 
-def _is_lora_layer(module: nn.Module) -> bool:
-    return type(module).__module__.startswith("peft.tuners.lora")
+@dataclass
+class LoRAConfig(MethodConfig):
+    """B (out×r) A (r×in) updates on the named projections of every layer."""
 
+    method: ClassVar[str] = "lora"
+    learning_rates: ClassVar[dict[str, float]] = {"lora": 1e-4}
+    lives_in_base: ClassVar[bool] = True
 
-def strip_lora(base: nn.Module) -> None:
-    """Replace every PEFT LoRA layer in ``base`` by the layer it wraps (no-op without any)."""
-    for name, module in list(base.named_modules()):
-        if name and _is_lora_layer(module) and hasattr(module, "get_base_layer"):
-            parent_name, _, child = name.rpartition(".")
-            parent = base.get_submodule(parent_name) if parent_name else base
-            setattr(parent, child, module.get_base_layer())
-    if "peft_config" in vars(base):  # PEFT's bookkeeping of injected adapters
-        del base.peft_config
-
-
-def inject_lora(base: nn.Module, config: LoRAConfig) -> list[nn.Parameter]:
-    """Add LoRA (B = 0, so the model starts as the base) to ``config.target_modules``; the LoRA
-    weights are float32 masters whatever the base dtype. Returns the trainable tensors."""
-    from peft import LoraConfig, inject_adapter_in_model
-
-    peft_config = LoraConfig(
-        r=config.rank,
-        lora_alpha=config.alpha,
-        lora_dropout=config.dropout,
-        target_modules=list(config.target_modules),
+    budget_tokens: int = field(
+        default=100, metadata={"help": "L: the rank is the one closest to L·d parameters."}
     )
-    torch.manual_seed(config.seed)
-    inject_adapter_in_model(peft_config, base)
-    params = [p for n, p in base.named_parameters() if "lora_" in n]
-    for p in params:
-        p.data = p.data.float()
-        p.requires_grad_(True)
-    return params
+    rank: int | None = field(
+        default=None, metadata={"help": "r of each update; null: closest to the budget."}
+    )
+    alpha: float = field(default=8.0, metadata={"help": "Update scale is alpha / rank."})
+    dropout: float = field(default=0.0, metadata={"help": "Dropout on the LoRA input."})
+    target_modules: tuple[str, ...] = field(
+        default=("q_proj", "v_proj"), metadata={"help": "Projection names that get an update."}
+    )
+    params_per_rank: int | None = field(
+        default=None,
+        metadata={"help": "Σ (in + out) over the targeted layers; from the model.", **DERIVED},
+    )
+
+    def __post_init__(self) -> None:
+        self.target_modules = tuple(self.target_modules)
+        check_rank(self.rank)
+        check_dropout(self.dropout)
+        if not self.target_modules:
+            raise ValueError("target_modules must name at least one projection")
+
+    def resolve(self, text_config: Any, max_length: int | None = None) -> LoRAConfig:
+        per_rank = lora_params_per_rank(text_config, self.target_modules)
+        if self.params_per_rank not in (None, per_rank):
+            raise ValueError(
+                f"LoRA config says {self.params_per_rank} parameters per rank, "
+                f"this base has {per_rank}"
+            )
+        rank = self.rank or lora_rank(self.budget_tokens, text_config.hidden_size, per_rank)
+        return replace(self, rank=rank, params_per_rank=per_rank)
+
+    def trainable_parameters(self, d: int) -> int:
+        if self.params_per_rank is None:
+            raise ValueError("LoRAConfig.params_per_rank is unset: resolve() it on the model")
+        return self.rank * self.params_per_rank
+
+
+def lora_params_per_rank(text_config: Any, target_modules: tuple[str, ...]) -> int:
+    """Σ (in + out) over the targeted attention projections of every layer (LoRA adds r·(in+out)
+    per projection), from a transformers text config alone."""
+    d = text_config.hidden_size
+    head_dim = getattr(text_config, "head_dim", None) or d // text_config.num_attention_heads
+    q = text_config.num_attention_heads * head_dim
+    kv = getattr(text_config, "num_key_value_heads", None) or text_config.num_attention_heads
+    kv *= head_dim
+    widths = {"q_proj": d + q, "k_proj": d + kv, "v_proj": d + kv, "o_proj": q + d}
+    unknown = sorted(set(target_modules) - set(widths))
+    if unknown:
+        raise BudgetError(f"LoRA target_modules {unknown} unknown; plannable: {sorted(widths)}")
+    return text_config.num_hidden_layers * sum(widths[name] for name in target_modules)
+
+
+def lora_rank(budget_tokens: int, d: int, params_per_rank: int) -> int:
+    """The rank (≥ 1) whose r·params_per_rank is closest to the PT budget L·d."""
+    return max(1, round(budget_tokens * d / params_per_rank))
+
+
+class LoRA(SoftPromptModel):
+    """LoRA from PEFT on the attention projections, rank closest to the PT budget unless given:
+    ``LoRA(base)``."""
+
+    def __init__(self, base: nn.Module, config: LoRAConfig | None = None, **kwargs: Any) -> None:
+        if not kwargs.pop("register_base", True):
+            raise ValueError("LoRA lives inside the base model: it cannot stay unregistered")
+        kwargs.pop("_init_prompt", None)
+        super().__init__(base, config, **kwargs)
+        self._lora = inject_lora(base, self.config)
+        injected = sum(p.numel() for p in self._lora)
+        if injected != self.expected_trainable_parameters():
+            raise ValueError(
+                f"LoRA injected {injected} parameters, the budget formula says "
+                f"{self.expected_trainable_parameters()} (projection names/shapes differ)"
+            )
+
+    def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
+        return {"lora": list(self._lora)}
+
+
+register_method(LoRAConfig, LoRA, label="LoRA")

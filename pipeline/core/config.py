@@ -1,40 +1,48 @@
 """The YAML schema (pydantic), ``--set`` overrides, and the stable config hash.
 
 Unknown keys and wrong types are errors naming the key path, e.g.
-``train.lr_prompt: expected float, got 'fast'``.
+``train.steps: expected int, got 'fast'``. The ``method:`` section is validated against the
+chosen method's own config class (:mod:`pipeline.methods.registry`).
 """
 
 from __future__ import annotations
 
 import hashlib
+import importlib
 import itertools
 import json
 import os
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
-
-from .methods import (
-    ADePTConfig,
-    BudgetError,
-    DePTConfig,
-    LoRAConfig,
-    PromptTuningConfig,
-    lora_params_per_rank,
-    lora_rank,
-    solve_rank,
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_serializer,
+    field_validator,
+    model_validator,
 )
-from .methods.config import SoftPromptConfig
 
-# keys of the method section that only some methods have (null = the method's own default)
-METHOD_ONLY_KEYS = {"dropout": ("adept", "lora"), "alpha": ("dept", "lora")}
+from ..methods import (
+    BudgetError,
+    MethodConfig,
+    MethodConfigError,
+    config_from_section,
+    get_method,
+    section_from_config,
+)
 
-
-def _given(**values: Any) -> dict[str, Any]:
-    """The keyword arguments that were set, so unset ones fall back to the method's default."""
-    return {k: v for k, v in values.items() if v is not None}
+# keys that moved: the error for the old key names the new one
+RENAMED_KEYS = {
+    "train.lr_prompt": "train.lr.prompt",
+    "train.lr_offset": "train.lr.offset (train.lr.lora for LoRA)",
+    "method.lora_targets": "method.target_modules",
+}
+DEFAULT_METHOD = {"name": "adept"}
 
 
 class ConfigError(ValueError):
@@ -68,30 +76,6 @@ class ModelSection(Section):
         return self.shared_prefix is not False
 
 
-class MethodSection(Section):
-    name: Literal["prompt_tuning", "dept", "adept", "lora"] = "adept"
-    num_virtual_tokens: int = Field(60, gt=0, description="m (PT: L; unused by LoRA).")
-    budget_tokens: int = Field(100, gt=0, description="PT budget L the rank is solved against.")
-    rank: int | None = Field(None, gt=0, description="r; solved from the budget when null.")
-    dropout: float | None = Field(
-        None,
-        ge=0,
-        lt=1,
-        description="ADePT FFN / LoRA input dropout; null: the method's own default "
-        "(ADePT 0.1, LoRA 0.0).",
-    )
-    alpha: float | None = Field(
-        None,
-        gt=0,
-        description="DePT offset / LoRA update scale numerator; null: the method's own default.",
-    )
-    lora_targets: list[str] = Field(
-        ["q_proj", "v_proj"], min_length=1, description="LoRA: projections that get an update."
-    )
-    prompt_init: Literal["vocab", "text"] = "vocab"
-    prompt_init_text: str | None = None
-
-
 class TaskSection(Section):
     name: str = Field("boolq", description="A task from pipeline/tasks/registry.py.")
     data_dir: str | None = Field(
@@ -107,7 +91,7 @@ class TaskSection(Section):
     @field_validator("name")
     @classmethod
     def _known_task(cls, value: str) -> str:
-        from .tasks import TASKS
+        from ..tasks import TASKS
 
         if value not in TASKS:
             raise ValueError(f"unknown task {value!r}; known: {', '.join(sorted(TASKS))}")
@@ -118,8 +102,11 @@ class TrainSection(Section):
     steps: int = Field(300, gt=0)
     batch_size: int = Field(8, gt=0, description="Micro batch per rank.")
     grad_accum: int = Field(1, gt=0)
-    lr_prompt: float = Field(3e-1, gt=0)
-    lr_offset: float = Field(1e-4, gt=0, description="FFN / low-rank learning rate.")
+    lr: dict[str, float] = Field(
+        default_factory=dict,
+        description="Learning rate per parameter group of the method (prompt, offset, lora); "
+        "a group left out takes the method's default.",
+    )
     warmup_steps: int = Field(30, ge=0)
     weight_decay: float = Field(0.0, ge=0)
     max_grad_norm: float = Field(1.0, gt=0)
@@ -127,6 +114,14 @@ class TrainSection(Section):
     log_every: int = Field(10, gt=0)
     checkpoint_every: int = Field(50, gt=0)
     seed: int = 42
+
+    @field_validator("lr")
+    @classmethod
+    def _positive_rates(cls, value: dict[str, float]) -> dict[str, float]:
+        for group, rate in value.items():
+            if rate <= 0:
+                raise ValueError(f"lr.{group} must be > 0, got {rate}")
+        return value
 
 
 class EvalSection(Section):
@@ -159,10 +154,18 @@ class ExportSection(Section):
 
 
 class PipelineConfig(Section):
+    plugins: list[str] = Field(
+        default_factory=list,
+        description="Python modules imported before the rest is validated, e.g. one that "
+        "registers a method of your own (pipeline.methods.register_method).",
+    )
     name: str = Field(..., min_length=1, description="Run name: outputs go to output_dir/name.")
     output_dir: str = "runs"
     model: ModelSection = ModelSection()
-    method: MethodSection = MethodSection()
+    method: Any = Field(
+        default_factory=lambda: config_from_section(DEFAULT_METHOD),
+        description="name: the method; the other keys are that method's options.",
+    )
     task: TaskSection = TaskSection()
     train: TrainSection = TrainSection()
     eval: EvalSection = EvalSection()
@@ -174,6 +177,16 @@ class PipelineConfig(Section):
     )
     variant: str | None = Field(None, description="Set by --variant; outputs go to variants/.")
 
+    @field_validator("plugins")
+    @classmethod
+    def _import_plugins(cls, value: list[str]) -> list[str]:
+        for module in value:
+            try:
+                importlib.import_module(module)
+            except ImportError as exc:
+                raise ValueError(f"cannot import {module!r}: {exc}") from None
+        return value
+
     @field_validator("name")
     @classmethod
     def _safe_name(cls, value: str) -> str:
@@ -181,36 +194,47 @@ class PipelineConfig(Section):
             raise ValueError("must be a plain directory name (no '/', not starting with '.')")
         return value
 
+    @field_validator("method", mode="before")
+    @classmethod
+    def _method_section(cls, value: Any) -> MethodConfig:
+        if isinstance(value, MethodConfig):
+            return value
+        if not isinstance(value, dict):
+            raise ValueError("expected a mapping: name plus the method's options")
+        return config_from_section(value)
+
+    @field_serializer("method")
+    def _dump_method(self, value: MethodConfig) -> dict[str, Any]:
+        return section_from_config(value)
+
     @model_validator(mode="after")
     def _supported_combination(self) -> PipelineConfig:
         method, dist = self.method, self.distributed
-        soft_prompt_split = method.name in ("dept", "adept")
-        if soft_prompt_split and method.num_virtual_tokens >= method.budget_tokens:
+        groups = method.learning_rates
+        unknown = sorted(set(self.train.lr) - set(groups))
+        if unknown:
             raise ValueError(
-                f"method.num_virtual_tokens={method.num_virtual_tokens} must be smaller than "
-                f"method.budget_tokens={method.budget_tokens}"
+                f"train.lr.{unknown[0]}: method {method.method!r} has no parameter group "
+                f"{unknown[0]!r} (its groups: {', '.join(groups)})"
             )
+        if set(self.train.lr) != set(groups):  # fill in the method's defaults, once
+            self.train.lr = {**groups, **self.train.lr}
         if dist.world_size > 1 and not dist.deepspeed:
             raise ValueError(
                 f"distributed: {dist.world_size} ranks need distributed.deepspeed: true "
                 "(data parallelism runs through DeepSpeed)"
             )
-        for key, methods in METHOD_ONLY_KEYS.items():
-            if getattr(method, key) is not None and method.name not in methods:
-                raise ValueError(
-                    f"method.{key}: method {method.name!r} has no {key} "
-                    f"(it applies to {', '.join(methods)})"
-                )
-        if self.export.fold and method.name != "adept":
+        if self.export.fold and not method.can_fold:
             raise ValueError(
-                f"export.fold: only ADePT folds into the embedding table, "
-                f"method.name is {method.name!r}"
+                f"export.fold: method {method.method!r} does not fold into the embedding table "
+                "(ADePT does)"
             )
-        if method.name == "lora" and self.model.load_in_8bit and dist.deepspeed:
+        if method.lives_in_base and self.model.load_in_8bit and dist.deepspeed:
             raise ValueError(
-                "method.name lora with model.load_in_8bit and distributed.deepspeed: the LoRA "
-                "weights live inside the int8 base, which stays outside the engine; train LoRA "
-                "on a 16-bit base under ZeRO, or without DeepSpeed"
+                f"method.name {method.method} with model.load_in_8bit and distributed.deepspeed: "
+                f"the {get_method(method.method).label} weights live inside the int8 base, which "
+                "stays outside the engine; train it on a 16-bit base under ZeRO, or without "
+                "DeepSpeed"
             )
         if self.model.load_in_8bit and self.model.dtype == "float32" and dist.deepspeed:
             raise ValueError(
@@ -245,38 +269,15 @@ class PipelineConfig(Section):
         partitioned = dist.deepspeed and dist.zero_stage == 3 and not self.model.load_in_8bit
         return not (partitioned and dist.world_size > 1)
 
-    def method_config(self, text_config: Any) -> SoftPromptConfig:
-        """The methods' dataclass config, with the rank solved for this model's text config."""
-        m = self.method
-        hidden_size = text_config.hidden_size
-        common = {
-            "num_virtual_tokens": m.num_virtual_tokens,
-            "prompt_init": m.prompt_init,
-            "prompt_init_text": m.prompt_init_text,
-            "seed": self.train.seed,
-        }
-        if m.name == "prompt_tuning":
-            return PromptTuningConfig(**common)
+    def method_config(self, text_config: Any) -> MethodConfig:
+        """The method's config for this model and task: seeded from ``train.seed``, ranks
+        solved from the budget, input length from ``task.max_length``."""
         try:
-            if m.name == "lora":
-                per_rank = lora_params_per_rank(text_config, tuple(m.lora_targets))
-                return LoRAConfig(
-                    rank=m.rank or lora_rank(m.budget_tokens, hidden_size, per_rank),
-                    **_given(alpha=m.alpha, dropout=m.dropout),
-                    target_modules=tuple(m.lora_targets),
-                    params_per_rank=per_rank,
-                    seed=self.train.seed,
-                )
-            rank = m.rank or solve_rank(
-                m.name, m.budget_tokens, m.num_virtual_tokens, hidden_size, self.task.max_length
+            return replace(self.method, seed=self.train.seed).resolve(
+                text_config, self.task.max_length
             )
         except BudgetError as exc:
             raise ConfigError(f"method: {exc}") from exc
-        if m.name == "dept":
-            return DePTConfig(
-                **common, rank=rank, max_length=self.task.max_length, **_given(alpha=m.alpha)
-            )
-        return ADePTConfig(**common, rank=rank, **_given(dropout=m.dropout))
 
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json")
@@ -297,7 +298,12 @@ def _format_error(exc: ValidationError, source: str) -> str:
     lines = []
     for err in exc.errors():
         path = ".".join(str(p) for p in err["loc"]) or "(top level)"
-        if err["type"] == "extra_forbidden":
+        cause = err.get("ctx", {}).get("error")
+        if isinstance(cause, MethodConfigError):
+            lines.append(str(cause))
+        elif err["type"] == "extra_forbidden" and path in RENAMED_KEYS:
+            lines.append(f"{path}: renamed to {RENAMED_KEYS[path]}")
+        elif err["type"] == "extra_forbidden":
             lines.append(f"{path}: unknown key")
         elif err["type"] in (
             "float_parsing",
@@ -310,6 +316,8 @@ def _format_error(exc: ValidationError, source: str) -> str:
         ):
             expected = err["type"].split("_")[0].replace("string", "str")
             lines.append(f"{path}: expected {expected}, got {err.get('input')!r}")
+        elif err["type"] == "value_error" and not err["loc"]:
+            lines.append(err["msg"].removeprefix("Value error, "))  # names its own key path
         else:
             lines.append(f"{path}: {err['msg']}")
     return f"{source}: invalid config\n  " + "\n  ".join(lines)

@@ -14,7 +14,7 @@ from mlflow.pyfunc import PythonModel
 
 class AdapterModel(PythonModel):
     def load_context(self, context) -> None:
-        from pipeline.predict import Predictor
+        from pipeline.engine.predict import Predictor
 
         self.predictor = Predictor(context.artifacts["export_dir"])
 

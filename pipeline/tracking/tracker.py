@@ -23,12 +23,14 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from .config import PipelineConfig
+from ..core.config import PipelineConfig
+from ..core.files import write_json_atomic
+from ..core.stage import Stage
 
 log = logging.getLogger(__name__)
 
 RUN_ID_FILE = "mlflow_run.json"
-SECRET_WORDS = ("token", "password", "secret", "key", "credential")
+SECRET_WORDS = ("token", "password", "passwd", "secret", "key", "credential", "apikey")
 REDACTED = "***"
 
 
@@ -40,12 +42,19 @@ def is_rank_zero() -> bool:
     return int(os.environ.get("RANK", "0")) == 0
 
 
+def is_secret_key(key: str) -> bool:
+    """Whether a key names a secret: one of its ``_``/``-`` separated words is a secret word
+    (``hub_token``, ``api_key``), not merely contains one (``num_virtual_tokens``)."""
+    words = key.lower().replace("-", "_").split("_")
+    return any(word in SECRET_WORDS for word in words)
+
+
 def redact(data: Any, key: str = "") -> Any:
     """Replace values whose key looks secret (token, password, key, ...) with ***, and the
     user:password part of URIs."""
     if isinstance(data, dict):
         return {k: redact(v, k) for k, v in data.items()}
-    if data is not None and any(w in key.lower() for w in SECRET_WORDS):
+    if data is not None and is_secret_key(key):
         return REDACTED
     if isinstance(data, str) and "://" in data and "@" in data.split("://", 1)[1].split("/")[0]:
         scheme, rest = data.split("://", 1)
@@ -141,8 +150,6 @@ class Tracker:
             log_system_metrics=True,
         )
         self.run_id = run.info.run_id
-        from .runner import write_json_atomic
-
         write_json_atomic(id_file, {"run_id": self.run_id, "tracking_uri": self.uri})
         if previous is None:
             self._log_params()
@@ -174,7 +181,7 @@ class Tracker:
         tags = {
             "pipeline.run_name": self.config.name,
             "pipeline.task": self.config.task.name,
-            "pipeline.method": self.config.method.name,
+            "pipeline.method": self.config.method.method,
             "pipeline.config_hash": self.config.config_hash,
         }
         if self.config.variant:
@@ -194,31 +201,21 @@ class Tracker:
             clean = {k.replace("/", "."): float(v) for k, v in metrics.items()}
             mlflow.log_metrics(clean, step=step)
 
-    def stage_done(self, stage: str, status: str, path: Path) -> None:
+    def stage_done(self, stage: Stage, status: str, path: Path) -> None:
+        """Tag the stage ran|cached; when it ran, log the outputs it declares as tracked."""
         if not (self.enabled and self.run_id):
             return
         import mlflow
 
-        mlflow.set_tag(f"stage.{stage}", status)
+        mlflow.set_tag(f"stage.{stage.name}", status)
         if status != "ran":
             return
-        artifacts = {
-            "train": ["train_summary.json", "history.jsonl", "best_adapter"],
-            "evaluate": ["metrics.json"],
-            "export": ["task.json"],
-        }.get(stage, [])
-        for name in artifacts:
+        for name, artifact_dir in stage.tracked.items():
             target = path / name
             if target.is_dir():
-                mlflow.log_artifacts(str(target), artifact_path=f"{stage}/{name}")
+                mlflow.log_artifacts(str(target), artifact_path=artifact_dir)
             elif target.is_file():
-                mlflow.log_artifact(str(target), artifact_path=stage)
-        if stage == "train":
-            from .plots import loss_curve
-
-            png = loss_curve(path / "history.jsonl", path.parent / "loss_curve.png")
-            if png:
-                mlflow.log_artifact(str(png), artifact_path="plots")
+                mlflow.log_artifact(str(target), artifact_path=artifact_dir)
 
     def log_resolved_config(self) -> None:
         if self.enabled and self.run_id:

@@ -1,17 +1,12 @@
-"""One wrapper for every soft-prompt method around a frozen causal LM.
+"""One wrapper for every method around a frozen causal LM: training, scoring and inference share
+this one path.
 
 The model sees ``[P; offset(e_1) … offset(e_n)]``: a trainable prompt P (m×d) prepended to the
-input-token embeddings, after the method's embedding offset (none for PT, position low-rank for
-DePT, token FFN for ADePT). Training, scoring and inference share this one path. The prompt comes
-before everything the tokenizer produced, BOS included: ``[P][BOS] x`` (as HF PEFT does it).
-
-Layout: no pad ever sits between the prompt and the text. Every batch is laid out ``[P; x; pads]``
-(rows given left-padded are right-aligned first), so the prompt takes positions 0..m-1 and each
-row's real tokens follow it at the same indices whatever the padding side or the row's
-batch-mates. This matters for sliding-window attention (Gemma 3), which masks by index distance,
-not position ids: with ``[P; pads; x]`` a short row beside a long one could lose sight of its
-prompt. The LM head is applied only at the scored positions, on a contiguous tensor (the
-full-vocabulary head dominates CPU time).
+input-token embeddings after the method's embedding offset (none for PT, position low-rank for
+DePT, token FFN for ADePT; LoRA has neither and changes the base's projections instead). The
+prompt comes before everything the tokenizer produced, BOS included: ``[P][BOS] x`` (as HF PEFT
+does it). Every batch runs in the layout of :mod:`.layout`. The LM head is applied only at the
+scored positions, on a contiguous tensor (the full-vocabulary head dominates CPU time).
 """
 
 from __future__ import annotations
@@ -19,9 +14,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
-import tempfile
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -29,26 +22,20 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from .adept import TokenFFNOffset
-from .budget import lora_params_per_rank, lora_rank, solve_rank, trainable_params
-from .config import (
-    ADePTConfig,
-    DePTConfig,
-    LoRAConfig,
-    PromptTuningConfig,
-    SoftPromptConfig,
-    config_from_dict,
-)
-from .dept import PositionLowRankOffset
+from ..core.files import atomic_directory
+from .base import MethodConfig
 from .init import init_prompt
-from .lora import inject_lora, strip_lora
+from .layout import right_align
+from .lora_layers import strip_lora
 from .prefix import Prefix, run_prefix, run_text, shared_prefix_supported
+from .registry import config_from_dict, get_method, method_names
 
 log = logging.getLogger(__name__)
 
 ADAPTER_CONFIG_NAME = "adapter_config.json"
 ADAPTER_WEIGHTS_NAME = "adapter_model.safetensors"
-ADAPTER_FORMAT_VERSION = 1
+ADAPTER_FORMAT_VERSION = 2  # 2: LoRA configs carry no prompt fields; methods record their module
+READABLE_FORMAT_VERSIONS = (1, 2)
 
 
 @dataclass
@@ -58,25 +45,6 @@ class SoftPromptOutput:
     loss: torch.Tensor | None
     logprobs: torch.Tensor
     num_tokens: torch.Tensor
-
-
-def right_aligned_order(attention_mask: torch.Tensor) -> torch.Tensor | None:
-    """Per-row gather index that moves each row's real tokens to the front, in order, and its
-    pads behind them; None when the batch is already laid out that way (right padding)."""
-    mask = attention_mask.bool()
-    if bool((mask[:, :-1] >= mask[:, 1:]).all()):
-        return None
-    return torch.sort((~mask).to(torch.uint8), dim=1, stable=True).indices
-
-
-def right_align(
-    attention_mask: torch.Tensor, *tensors: torch.Tensor
-) -> tuple[torch.Tensor | None, list[torch.Tensor]]:
-    """``(order, tensors)``: every (B, n) tensor laid out ``[x; pads]`` (see module docstring)."""
-    order = right_aligned_order(attention_mask)
-    if order is None:
-        return None, [attention_mask, *tensors]
-    return order, [t.gather(1, order) for t in (attention_mask, *tensors)]
 
 
 class SoftPrompt(nn.Module):
@@ -91,26 +59,19 @@ class SoftPrompt(nn.Module):
         return self.weight.to(dtype).unsqueeze(0).expand(batch, -1, -1)
 
 
-def build_offset(config: SoftPromptConfig, d: int) -> nn.Module | None:
-    if isinstance(config, ADePTConfig):
-        return TokenFFNOffset(config, d)
-    if isinstance(config, DePTConfig):
-        return PositionLowRankOffset(config, d)
-    return None
-
-
 class SoftPromptModel(nn.Module):
-    """A frozen causal LM plus a trainable soft prompt and (optionally) an embedding offset."""
+    """A frozen causal LM plus a method's trainable part. Subclasses (one per method) set
+    ``config_class`` (via registration) and may override :meth:`build_offset` and
+    :meth:`parameter_groups`."""
 
-    config_class: ClassVar[type[SoftPromptConfig]] = SoftPromptConfig
+    config_class: ClassVar[type[MethodConfig]] = MethodConfig
 
     def __init__(
         self,
         base: nn.Module,
-        config: SoftPromptConfig | None = None,
+        config: MethodConfig | None = None,
         *,
         tokenizer: Any = None,
-        budget_tokens: int = 100,
         register_base: bool = True,
         shared_prefix: bool = True,
         _init_prompt: bool = True,
@@ -119,44 +80,40 @@ class SoftPromptModel(nn.Module):
         super().__init__()
         strip_lora(base)  # a base wrapped earlier by LoRA gets its pristine layers back
         text_config = base.config.get_text_config()
-        d = text_config.hidden_size
         if config is None:
-            if self.config_class is SoftPromptConfig:
-                raise TypeError("pass a method config, or use PromptTuning / DePT / ADePT")
-            if "rank" not in fields and self.config_class is not PromptTuningConfig:
-                probe = self.config_class(**fields)
-                fields["rank"] = solve_rank(
-                    probe.method,
-                    budget_tokens,
-                    probe.num_virtual_tokens,
-                    d,
-                    getattr(probe, "max_length", None),
-                )
+            if self.config_class is MethodConfig:
+                raise TypeError("pass a method config, or use PromptTuning / DePT / ADePT / LoRA")
             config = self.config_class(**fields)
+        config = config.resolve(text_config)
         base.requires_grad_(False)
         if register_base:
             self.base = base
         else:  # the base stays outside this module's parameters (e.g. an int8 base under ZeRO)
             object.__setattr__(self, "base", base)
         self.config = config
-        self.embedding_dim = d
+        self.embedding_dim = d = text_config.hidden_size
         self.vocab_size = text_config.vocab_size
         self.final_logit_softcapping = getattr(text_config, "final_logit_softcapping", None)
         embedding = base.get_input_embeddings()
         device = embedding.weight.device
         torch.manual_seed(config.seed)
         self.soft_prompt: SoftPrompt | None = None
-        if config.num_virtual_tokens > 0:
+        if config.prompt_length > 0:
             if _init_prompt and device.type != "meta":  # meta: shapes only, for planning
                 prompt = init_prompt(config, embedding, self.vocab_size, tokenizer)
             else:
-                prompt = torch.empty(config.num_virtual_tokens, d)
+                prompt = torch.empty(config.prompt_length, d)
             self.soft_prompt = SoftPrompt(prompt.to(device))
-        offset = build_offset(config, d)
+        offset = self.build_offset(config, d)
         self.offset = offset.to(device) if offset is not None else None
         self.folded_embeddings: torch.Tensor | None = None
         self.shared_prefix = shared_prefix
         self._prefix_memo: tuple[tuple, Prefix] | None = None
+
+    @classmethod
+    def build_offset(cls, config: MethodConfig, d: int) -> nn.Module | None:
+        """The module that offsets each input-token embedding (None: no offset)."""
+        return None
 
     @property
     def shared_prefix(self) -> bool:
@@ -184,35 +141,37 @@ class SoftPromptModel(nn.Module):
     # ----------------------------------------------------------------- introspection
     @property
     def prompt(self) -> nn.Parameter | None:
-        """The (m, d) prompt parameter; None for the zero-shot model."""
+        """The (m, d) prompt parameter; None for methods without one."""
         return None if self.soft_prompt is None else self.soft_prompt.weight
 
     @property
     def num_virtual_tokens(self) -> int:
-        return 0 if self.soft_prompt is None else self.config.num_virtual_tokens
+        return 0 if self.soft_prompt is None else self.config.prompt_length
 
     def num_trainable_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters() if p.requires_grad)
 
     def expected_trainable_parameters(self) -> int:
-        return trainable_params(self.config, self.embedding_dim)
+        return self.config.trainable_parameters(self.embedding_dim)
 
     def adapter_state_dict(self) -> dict[str, torch.Tensor]:
-        """Only the trainable tensors (prompt + offset), never the base model."""
+        """Only the trainable tensors, never the base model."""
         return {n: p.detach() for n, p in self.named_parameters() if p.requires_grad}
 
-    def prompt_parameters(self) -> list[nn.Parameter]:
-        return [] if self.prompt is None else [self.prompt]
-
-    def offset_parameters(self) -> list[nn.Parameter]:
-        return list(self.offset.parameters()) if self.offset is not None else []
+    def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
+        """Trainable parameters by group name (each group gets ``train.lr.<name>``)."""
+        groups = {
+            "prompt": [] if self.prompt is None else [self.prompt],
+            "offset": list(self.offset.parameters()) if self.offset is not None else [],
+        }
+        return {name: params for name, params in groups.items() if params}
 
     # ----------------------------------------------------------------- forward path
     def embed_text(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Input-token embeddings after the method's offset, and each token's index among its
-        row's real tokens. Expects right-aligned rows (:func:`right_align`)."""
+        row's real tokens. Expects right-aligned rows (:func:`.layout.right_align`)."""
         token_positions = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
         if self.folded_embeddings is not None:
             if self.training:
@@ -228,8 +187,8 @@ class SoftPromptModel(nn.Module):
     ) -> torch.Tensor:
         """Final hidden states (B, m + n, d) of the frozen decoder body over ``[P; e']``.
 
-        Expects right-aligned rows (:func:`right_align`): pads, if any, after each row's text.
-        With the shared prefix, the prompt runs once and the text against its keys/values.
+        Expects right-aligned rows: pads, if any, after each row's text. With the shared
+        prefix, the prompt runs once and the text against its keys/values.
         """
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
@@ -237,7 +196,7 @@ class SoftPromptModel(nn.Module):
         embeds, token_positions = self.embed_text(input_ids, attention_mask)
         body = self.base.get_decoder()
         m = self.num_virtual_tokens
-        if m == 0:  # zero-shot: the base model alone, through the same code path
+        if m == 0:  # no prompt (zero-shot, LoRA): the base model's own path
             inputs_embeds, full_mask, position_ids = embeds, attention_mask, token_positions
         else:
             ones = attention_mask.new_ones(len(input_ids), m)
@@ -341,23 +300,10 @@ class SoftPromptModel(nn.Module):
         index = order.unsqueeze(-1).expand_as(logits)
         return torch.empty_like(logits).scatter_(1, index, logits)
 
-    # ----------------------------------------------------------------- folding (ADePT)
-    @torch.no_grad()
     def fold(self) -> SoftPromptModel:
-        """Fold the token FFN into an input-side copy of the embedding table; eval mode.
-
-        The LM head keeps the original table (it may be tied to the input embedding).
-        """
-        if not isinstance(self.offset, TokenFFNOffset):
-            raise TypeError(f"only ADePT folds; this model is {self.config.method}")
-        embedding = self.base.get_input_embeddings()
-        folded = self.offset.fold(embedding, self.vocab_size)
-        self.folded_embeddings = folded.to(embedding.weight.dtype)
-        return self.eval()
-
-    def unfold(self) -> SoftPromptModel:
-        self.folded_embeddings = None
-        return self
+        """Methods whose offset folds into the embedding table override this (ADePT)."""
+        folding = [s.label for s in map(get_method, method_names()) if s.config_class.can_fold]
+        raise TypeError(f"only {', '.join(folding)} folds; this model is {self.config.method}")
 
     # ----------------------------------------------------------------- save / load
     def save_adapter(
@@ -371,15 +317,14 @@ class SoftPromptModel(nn.Module):
         ``state``: the adapter tensors when they live elsewhere (gathered from ZeRO-3 shards).
         """
         directory = Path(directory)
-        directory.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
-        try:
+        with atomic_directory(directory) as tmp:
             state = self.adapter_state_dict() if state is None else state
             tensors = {k: v.contiguous().cpu() for k, v in state.items()}
             save_file(tensors, tmp / ADAPTER_WEIGHTS_NAME, metadata={"format": "pt"})
             meta = {
                 "format_version": ADAPTER_FORMAT_VERSION,
                 "method_config": self.config.to_dict(),
+                "method_module": get_method(self.config.method).module,
                 "embedding_dim": self.embedding_dim,
                 "vocab_size": self.vocab_size,
                 "base_model": getattr(self.base.config, "_name_or_path", None),
@@ -387,20 +332,25 @@ class SoftPromptModel(nn.Module):
                 **(extra or {}),
             }
             (tmp / ADAPTER_CONFIG_NAME).write_text(json.dumps(meta, indent=2, sort_keys=True))
-            if directory.exists():
-                shutil.rmtree(directory)
-            tmp.rename(directory)
-        finally:
-            if tmp.exists():
-                shutil.rmtree(tmp)
         return directory
 
     @staticmethod
     def read_adapter_config(directory: str | os.PathLike) -> dict[str, Any]:
+        """The adapter's metadata; refuses a format this code does not read."""
         path = Path(directory) / ADAPTER_CONFIG_NAME
         if not path.is_file():
             raise FileNotFoundError(f"{path}: no adapter config (expected {ADAPTER_CONFIG_NAME})")
-        return json.loads(path.read_text())
+        meta = json.loads(path.read_text())
+        version = meta.get("format_version")
+        if version not in READABLE_FORMAT_VERSIONS:
+            raise ValueError(
+                f"{path}: adapter format_version {version!r}; this pipeline reads "
+                f"{', '.join(map(str, READABLE_FORMAT_VERSIONS))} (re-export it with this version)"
+            )
+        if version == 1 and meta["method_config"].get("method") == "lora":
+            for key in ("num_virtual_tokens", "prompt_init", "prompt_init_text"):
+                meta["method_config"].pop(key, None)  # v1 LoRA configs carried unused prompt keys
+        return meta
 
     @classmethod
     def from_pretrained(
@@ -408,14 +358,14 @@ class SoftPromptModel(nn.Module):
     ) -> SoftPromptModel:
         """Load a saved adapter onto a freshly loaded base model."""
         meta = cls.read_adapter_config(directory)
-        config = config_from_dict(meta["method_config"])
+        config = config_from_dict(meta["method_config"], meta.get("method_module"))
         d = base.config.get_text_config().hidden_size
         if meta["embedding_dim"] != d:
             raise ValueError(
                 f"{directory}: adapter was trained for embedding width {meta['embedding_dim']}, "
                 f"this base model has {d}"
             )
-        model_class = METHOD_MODELS[config.method]
+        model_class = get_method(config.method).model_class
         model = model_class(base, config, shared_prefix=shared_prefix, _init_prompt=False)
         weights = load_file(Path(directory) / ADAPTER_WEIGHTS_NAME)
         missing = set(model.adapter_state_dict()) ^ set(weights)
@@ -423,108 +373,3 @@ class SoftPromptModel(nn.Module):
             raise ValueError(f"{directory}: adapter tensors do not match: {sorted(missing)}")
         model.load_state_dict(weights, strict=False)
         return model
-
-
-class ZeroShot(SoftPromptModel):
-    """The frozen base model alone (no prompt, no offset): the zero-shot baseline."""
-
-    def __init__(self, base: nn.Module) -> None:
-        super().__init__(
-            base, PromptTuningConfig(num_virtual_tokens=1), shared_prefix=False, _init_prompt=False
-        )
-        self.soft_prompt = None
-
-
-class LoRA(SoftPromptModel):
-    """LoRA from PEFT on the attention projections, rank closest to the PT budget unless given:
-    ``LoRA(base)`` (Gemma 3 270M: r=1 on q_proj/v_proj, 46,080 vs PT-100's 64,000)."""
-
-    config_class = LoRAConfig
-
-    def __init__(
-        self,
-        base: nn.Module,
-        config: LoRAConfig | None = None,
-        *,
-        tokenizer: Any = None,
-        budget_tokens: int = 100,
-        register_base: bool = True,
-        shared_prefix: bool = True,
-        _init_prompt: bool = True,
-        **fields: Any,
-    ) -> None:
-        if not register_base:
-            raise ValueError("LoRA lives inside the base model: it cannot stay unregistered")
-        text_config = base.config.get_text_config()
-        solve = config is None and "rank" not in fields
-        config = config or LoRAConfig(**fields)
-        per_rank = lora_params_per_rank(text_config, config.target_modules)
-        if config.params_per_rank not in (None, per_rank):
-            raise ValueError(
-                f"LoRA config says {config.params_per_rank} parameters per rank, "
-                f"this base has {per_rank}"
-            )
-        if solve:
-            config = replace(
-                config, rank=lora_rank(budget_tokens, text_config.hidden_size, per_rank)
-            )
-        config = replace(config, params_per_rank=per_rank)
-        super().__init__(base, config, register_base=True, shared_prefix=shared_prefix)
-        self._lora = inject_lora(base, config)
-        injected = sum(p.numel() for p in self._lora)
-        if injected != self.expected_trainable_parameters():
-            raise ValueError(
-                f"LoRA injected {injected} parameters, the budget formula says "
-                f"{self.expected_trainable_parameters()} (projection names/shapes differ)"
-            )
-
-    def offset_parameters(self) -> list[nn.Parameter]:
-        return list(self._lora)
-
-
-class PromptTuning(SoftPromptModel):
-    """Vanilla prompt tuning; ``PromptTuning(base, num_virtual_tokens=100)``."""
-
-    config_class = PromptTuningConfig
-
-
-class DePT(SoftPromptModel):
-    """DePT; rank from the PT budget unless given: ``DePT(base, num_virtual_tokens=60)``."""
-
-    config_class = DePTConfig
-
-
-class ADePT(SoftPromptModel):
-    """ADePT; rank from the PT budget unless given: ``ADePT(base, num_virtual_tokens=60)``."""
-
-    config_class = ADePTConfig
-
-
-METHOD_MODELS: dict[str, type[SoftPromptModel]] = {
-    "prompt_tuning": PromptTuning,
-    "dept": DePT,
-    "adept": ADePT,
-    "lora": LoRA,
-}
-
-
-def wrap(
-    base: nn.Module,
-    config: SoftPromptConfig,
-    tokenizer: Any = None,
-    register_base: bool = True,
-    shared_prefix: bool = True,
-) -> SoftPromptModel:
-    """Wrap ``base`` with the method named by ``config``.
-
-    ``register_base=False`` keeps the base out of ``parameters()``/``state_dict()``, so an engine
-    wrapping this module (DeepSpeed with an 8-bit base) owns only the adapter.
-    ``shared_prefix``: compute the prompt's keys/values once per batch where that is exact.
-    """
-    return METHOD_MODELS[config.method](
-        base,
-        config,
-        tokenizer=tokenizer,
-        register_base=register_base,
-        shared_prefix=shared_prefix,
-    )

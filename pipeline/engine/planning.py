@@ -14,8 +14,7 @@ from typing import Any
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, PretrainedConfig
 
-from .config import PipelineConfig
-from .methods import trainable_params
+from ..core.config import PipelineConfig
 from .models import GEMMA_PACKAGE_SOURCE, cache_dir
 
 log = logging.getLogger(__name__)
@@ -86,7 +85,8 @@ def plan(config: PipelineConfig) -> dict[str, Any]:
     spec, origin = model_spec(config.model.source)
     d = spec.get_text_config().hidden_size
     method = config.method_config(spec.get_text_config())
-    trainable = trainable_params(method, d)
+    trainable = method.trainable_parameters(d)
+    budget_tokens = getattr(method, "budget_tokens", method.prompt_length)  # PT: its own L
     counts = count_parameters(spec)
     world = config.distributed.world_size
     ds = config.distributed
@@ -107,11 +107,11 @@ def plan(config: PipelineConfig) -> dict[str, Any]:
         },
         "budget": {
             "method": method.method,
-            "m": method.num_virtual_tokens,
+            "m": method.prompt_length,
             "r": getattr(method, "rank", None),
             "trainable": trainable,
-            "pt_budget": config.method.budget_tokens * d,
-            "fraction_of_pt_budget": round(trainable / (config.method.budget_tokens * d), 4),
+            "pt_budget": budget_tokens * d,
+            "fraction_of_pt_budget": round(trainable / (budget_tokens * d), 4),
         },
         "memory": {
             "world_size": world,

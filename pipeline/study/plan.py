@@ -1,4 +1,4 @@
-"""The method comparison study behind ``pipeline compare configs/studies/gemma3_270m.yaml``.
+"""The method comparison study behind ``pipeline compare``: the study file and the job plan.
 
 Plan (every job is a plain ``pipeline run`` of the base config with ``--set`` overrides, so each
 can be re-run by hand, and every stage is cached: re-running the command resumes a stopped study):
@@ -7,10 +7,9 @@ can be re-run by hand, and every stage is cached: re-running the command resumes
 2. select: per task × method, the point with the best dev score (ties: the earlier point);
 3. seeds:  every seed at the selected point, through evaluate (test, the paper's protocol); the
            first seed's train stage is a cache hit. Zero-shot is scored once per task.
-4. report: :mod:`pipeline.study_report` (markdown table, plots, MLflow).
+4. report: :mod:`.report` (markdown table, plots, MLflow).
 
-Jobs run as subprocesses, ``parallel`` at a time with ``threads_per_run`` CPU threads each (the
-local equivalent of a Slurm array throttled to ``%parallel``).
+:mod:`.jobs` runs the plan.
 """
 
 from __future__ import annotations
@@ -18,9 +17,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import subprocess
-import sys
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,16 +24,12 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from .config import ConfigError, load_config
+from ..core.config import ConfigError, load_config
 
 log = logging.getLogger(__name__)
 
-TRAIN_STAGES = "tokenize,shard,train"
-TEST_STAGES = "tokenize,shard,train,evaluate"
-
-
-class StudyError(RuntimeError):
-    """Some study jobs failed; the message lists them with their log files."""
+TRAIN_STAGES = ("tokenize", "shard", "train")
+TEST_STAGES = (*TRAIN_STAGES, "evaluate")
 
 
 class StudyConfig(BaseModel):
@@ -58,9 +50,21 @@ class StudyConfig(BaseModel):
     threads_per_run: int = Field(1, gt=0, description="OMP/torch threads of each job.")
     common: dict[str, Any] = Field(default_factory=dict, description="KEY.PATH: value for all.")
     tasks: dict[str, dict[str, Any]] = Field(..., min_length=1)
-    methods: dict[str, dict[str, Any]] = Field(..., min_length=1)
+    methods: dict[str, dict[str, Any]] = Field(
+        ...,
+        min_length=1,
+        description="Per method: its whole method section as method.KEY: value (the base "
+        "config's method section is not merged in).",
+    )
+    comparisons: list[tuple[str, str]] = Field(
+        [("adept", "prompt_tuning"), ("adept", "dept")],
+        description="Method pairs (A, B) whose paired test difference A − B the report gives "
+        "(bootstrap interval, McNemar); pairs with a method the study lacks are skipped.",
+    )
     lr_grid: dict[str, list[dict[str, Any]]] = Field(
-        ..., description="Per method: the learning-rate points (KEY.PATH: value) tried on dev."
+        ...,
+        description="Per method: the learning-rate points (train.lr.GROUP: value) tried on "
+        "dev; a group left out takes the method's default.",
     )
 
     @model_validator(mode="after")
@@ -104,7 +108,7 @@ class Job:
     lr_index: int
     seed: int
     overrides: tuple[str, ...]
-    stages: str
+    stages: tuple[str, ...]
 
     @property
     def key(self) -> str:
@@ -114,6 +118,11 @@ class Job:
 def job_key(task: str, method: str, lr_index: int, seed: int) -> str:
     """The job's variant name: its run directory under ``variants/`` and its log file name."""
     return f"{task}-{method}-lr{lr_index}-s{seed}"
+
+
+def section(prefix: str, entries: dict[str, Any], **extra: Any) -> dict[str, Any]:
+    """The study's ``<prefix>KEY: value`` entries as one mapping (e.g. the method section)."""
+    return {**extra, **{k.removeprefix(prefix): v for k, v in entries.items()}}
 
 
 def _sets(values: dict[str, Any]) -> list[str]:
@@ -126,7 +135,7 @@ def make_job(
     method: str,
     lr_index: int,
     seed: int,
-    stages: str,
+    stages: tuple[str, ...],
     zero_shot: bool = False,
 ) -> Job:
     key = job_key(task, method, lr_index, seed)
@@ -139,9 +148,10 @@ def make_job(
         **study.common,
         "task.name": task,
         **study.tasks[task],
-        "method.name": method,
-        **study.methods[method],
-        **study.lr_grid[method][lr_index],
+        # the method section and the learning rates are replaced, not merged with the base
+        # config's: they belong to the base config's method, each method has its own
+        "method": section("method.", study.methods[method], name=method),
+        "train.lr": section("train.lr.", study.lr_grid[method][lr_index]),
         "train.seed": seed,
     }
     return Job(task, method, lr_index, seed, tuple(_sets(values)), stages)
@@ -175,38 +185,8 @@ def plan_seeds(study: StudyConfig, selected: dict[tuple[str, str], int]) -> list
     ]
 
 
-def job_command(base: Path, job: Job) -> list[str]:
-    command = [sys.executable, "-m", "pipeline.cli", "run", str(base), "--stages", job.stages]
-    for item in job.overrides:
-        command += ["--set", item]
-    return command
-
-
 def run_dir(study: StudyConfig, job: Job) -> Path:
     return study.study_dir / "variants" / job.key
-
-
-def run_jobs(study: StudyConfig, base: Path, jobs: list[Job], phase: str) -> None:
-    """Run ``jobs`` ``study.parallel`` at a time; raise StudyError naming every failed job."""
-    logs = study.study_dir / "logs"
-    logs.mkdir(parents=True, exist_ok=True)
-    threads = str(study.threads_per_run)
-    env = {**os.environ, "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}
-
-    def run_one(job: Job) -> tuple[Job, int, Path]:
-        log_file = logs / f"{job.key}.{phase}.log"
-        with open(log_file, "w") as out:
-            rc = subprocess.run(
-                job_command(base, job), stdout=out, stderr=subprocess.STDOUT, env=env
-            ).returncode
-        log.info("%s %s: exit %d", phase, job.key, rc)
-        return job, rc, log_file
-
-    with ThreadPoolExecutor(max_workers=study.parallel) as pool:
-        results = list(pool.map(run_one, jobs))
-    failed = [f"{job.key} (exit {rc}, log {path})" for job, rc, path in results if rc != 0]
-    if failed:
-        raise StudyError(f"{len(failed)} {phase} job(s) failed: " + "; ".join(failed))
 
 
 def dev_score(study: StudyConfig, job: Job) -> float:
@@ -224,34 +204,3 @@ def select(study: StudyConfig, grid: list[Job]) -> dict[tuple[str, str], int]:
         if current is None or score > current[0]:
             best[job.task, job.method] = (score, job.lr_index)
     return {key: index for key, (_, index) in best.items()}
-
-
-def by_cost(jobs: list[Job], study: StudyConfig) -> list[Job]:
-    """Longest tasks first (task order in the study file is cheapest first by convention)."""
-    order = {task: i for i, task in enumerate(study.tasks)}
-    return sorted(jobs, key=lambda job: -order[job.task])
-
-
-def compare(
-    path: str | os.PathLike,
-    dry_run: bool = False,
-    parallel: int | None = None,
-    command: str | None = None,
-) -> Path:
-    """Run (or, with ``dry_run``, print) the whole study; returns the report directory."""
-    from .study_report import write_report
-
-    study, base = load_study(path)
-    if parallel is not None:
-        study.parallel = parallel
-    grid = plan_grid(study)
-    if dry_run:
-        for job in grid:
-            print(" ".join(job_command(base, job)))
-        seed_jobs = len(study.tasks) * len(study.methods) * len(study.seeds)
-        print(f"# {len(grid)} grid jobs, then {seed_jobs} seed jobs at the selected points")
-        return Path(study.report_dir) / study.name
-    run_jobs(study, base, by_cost(grid, study), "grid")
-    seeds = plan_seeds(study, select(study, grid))
-    run_jobs(study, base, by_cost(seeds, study), "seeds")
-    return write_report(study, path, base, grid, seeds, command)

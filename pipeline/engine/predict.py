@@ -6,14 +6,15 @@ import json
 from pathlib import Path
 from typing import Any
 
-from .config import ModelSection
+from ..core.config import ModelSection
+from ..methods import SoftPromptModel
+from ..tasks import Encoder, get_task
 from .evaluation import predict_from_scores
-from .methods import SoftPromptModel
 from .models import load_model, load_tokenizer
 from .scoring import score_choices
-from .tasks import Encoder, get_task
 
 TASK_FILE = "task.json"
+PREDICT_BATCH_SIZE = 16
 
 
 def find_export_dir(path: str | Path) -> Path:
@@ -30,11 +31,11 @@ def find_export_dir(path: str | Path) -> Path:
 class Predictor:
     """Loads base model + adapter once; ``predict(rows)`` gives label and per-label scores."""
 
-    def __init__(self, export_dir: str | Path, model_source: str | None = None) -> None:
+    def __init__(self, export_dir: str | Path) -> None:
         self.export_dir = find_export_dir(export_dir)
         self.description: dict[str, Any] = json.loads((self.export_dir / TASK_FILE).read_text())
         model_cfg = ModelSection.model_validate(self.description["model"])
-        source = model_source or model_cfg.source
+        source = model_cfg.source
         self.task = get_task(self.description["task"])
         self.tokenizer = load_tokenizer(source)
         base = load_model(source, model_cfg.dtype, model_cfg.attention, model_cfg.load_in_8bit)
@@ -43,7 +44,9 @@ class Predictor:
         ).eval()
         self.encoder = Encoder(self.task, self.tokenizer, self.description["max_length"])
 
-    def predict(self, rows: list[dict[str, Any]], batch_size: int = 16) -> list[dict[str, Any]]:
+    def predict(
+        self, rows: list[dict[str, Any]], batch_size: int = PREDICT_BATCH_SIZE
+    ) -> list[dict[str, Any]]:
         encoded = self.encoder.encode(
             [dict(r, _line=i + 1) for i, r in enumerate(rows)], "input", labelled=False
         )

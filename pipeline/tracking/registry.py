@@ -8,8 +8,8 @@ from typing import Any
 
 log = logging.getLogger(__name__)
 
-PACKAGE_DIR = Path(__file__).resolve().parent
-MODEL_CODE = PACKAGE_DIR / "mlflow_model.py"
+PACKAGE_DIR = Path(__file__).resolve().parents[1]
+MODEL_CODE = Path(__file__).resolve().parent / "pyfunc.py"
 
 
 def runtime_requirements() -> list[str]:

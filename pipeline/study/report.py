@@ -5,24 +5,22 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import statistics
-import tempfile
 from pathlib import Path
 from typing import Any
 
-from .config import load_config
-from .study import Job, StudyConfig, dev_score, run_dir
-from .tasks import get_task
-from .tracking import git_commit, tracking_uri
+from ..core.config import load_config
+from ..core.files import atomic_directory
+from ..methods import get_method
+from ..tasks import get_task
+from ..tracking.tracker import git_commit, tracking_uri
+from .plan import Job, StudyConfig, dev_score, run_dir
+from .stats import correct_rows, paired_difference
 
-METHOD_LABELS = {
-    "zero_shot": "zero-shot",
-    "prompt_tuning": "PT",
-    "dept": "DePT",
-    "adept": "ADePT",
-    "lora": "LoRA",
-}
+
+def method_label(name: str) -> str:
+    """The method's label from its registration (``zero_shot``: the base model alone)."""
+    return "zero-shot" if name == "zero_shot" else get_method(name).label
 
 
 def _read_json(path: Path) -> dict[str, Any]:
@@ -48,6 +46,8 @@ def collect(study: StudyConfig, seeds: list[Job]) -> dict[str, Any]:
         if "zero_shot" in test:
             entry["zero_shot"] = test["zero_shot"][metric]
             entry["zero_shot_seconds_per_batch"] = timing["zero_shot_seconds_per_batch"]
+            if "dev_zero_shot" in test:
+                entry["dev_zero_shot"] = test["dev_zero_shot"][metric]
         entry["methods"].setdefault(job.method, []).append(
             {
                 "seed": job.seed,
@@ -59,13 +59,29 @@ def collect(study: StudyConfig, seeds: list[Job]) -> dict[str, Any]:
                 "trainable_parameters": train["trainable_parameters"],
                 "train_seconds_per_step": train["seconds_per_step"],
                 "infer_seconds_per_batch": timing["adapter_seconds_per_batch"],
+                "peak_rss_mib": train.get("peak_rss_mib"),
                 "history": [
                     {k: r[k] for k in r if k == "step" or k == "train/loss" or k.startswith("dev/")}
                     for r in history
                 ],
             }
         )
+    for task, entry in results.items():
+        entry["paired"] = paired_comparisons(study, task, seeds)
     return results
+
+
+def paired_comparisons(study: StudyConfig, task: str, seeds: list[Job]) -> list[dict[str, Any]]:
+    """The study's comparisons (e.g. ADePT − PT) on this task's test rows, seeds pooled."""
+    correct: dict[str, list] = {}
+    for job in sorted((j for j in seeds if j.task == task), key=lambda j: j.seed):
+        predictions = run_dir(study, job) / "evaluate" / "predictions.jsonl"
+        correct.setdefault(job.method, []).append(correct_rows(predictions))
+    return [
+        {"a": a, "b": b, **paired_difference(correct[a], correct[b])}
+        for a, b in study.comparisons
+        if a in correct and b in correct
+    ]
 
 
 def mean_spread(values: list[float]) -> tuple[float, float]:
@@ -83,9 +99,6 @@ def grid_scores(study: StudyConfig, grid: list[Job]) -> dict[str, dict[str, list
 def render_markdown(
     study: StudyConfig, results: dict[str, Any], grid: dict[str, Any], command: str, commit: str
 ) -> str:
-    tasks = list(results)
-    methods = list(study.methods)
-    head = ["method", "trainable params", *[f"{t} ({results[t]['metric']})" for t in tasks], "mean"]
     lines = [
         f"# Method comparison: {study.name}",
         "",
@@ -95,63 +108,106 @@ def render_markdown(
         f"dev from {', '.join(f'{m}: {len(p)}' for m, p in study.lr_grid.items())} grid points "
         f"(first seed); test = the paper's protocol split. {study.parallel} jobs at a time, "
         f"{study.threads_per_run} CPU thread(s) each.",
-        "",
-        "## Test score (mean ± sample sd over seeds)",
-        "",
-        "| " + " | ".join(head) + " |",
-        "|" + "---|" * len(head),
     ]
+    for section in (test_table, seed_table, paired_table, cost_table):
+        lines += ["", *section(study, results)]
+    lines += ["", *grid_table(study, results, grid)]
+    lines += ["", "![test scores](bars.png)", "", "![learning curves](curves.png)", ""]
+    return "\n".join(lines)
+
+
+def _table(head: list[str]) -> list[str]:
+    return ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+
+
+def test_table(study: StudyConfig, results: dict[str, Any]) -> list[str]:
+    tasks = list(results)
+    head = ["method", "trainable params", *[f"{t} ({results[t]['metric']})" for t in tasks], "mean"]
+    lines = ["## Test score (mean ± sample sd over seeds)", "", *_table(head)]
     zero = [results[t].get("zero_shot") for t in tasks]
     if all(z is not None for z in zero):
         cells = [f"{z:.3f}" for z in zero]
         lines.append(f"| zero-shot | 0 | {' | '.join(cells)} | {statistics.fmean(zero):.3f} |")
-    for method in methods:
-        means, cells, params = [], [], 0
+    for method in study.methods:
+        means, cells = [], []
         for task in tasks:
-            runs = results[task]["methods"][method]
-            mean, sd = mean_spread([r["test"] for r in runs])
+            mean, sd = mean_spread([r["test"] for r in results[task]["methods"][method]])
             means.append(mean)
-            params = runs[0]["trainable_parameters"]
             cells.append(f"{mean:.3f} ± {sd:.3f}")
-        label = METHOD_LABELS.get(method, method)
+        params = results[tasks[0]]["methods"][method][0]["trainable_parameters"]
+        label = method_label(method)
         lines.append(
             f"| {label} | {params:,} | {' | '.join(cells)} | {statistics.fmean(means):.3f} |"
         )
-    cost_head = ["method", *[f"{t} train s/step" for t in tasks]]
-    cost_head += [f"{t} test s/batch" for t in tasks]
-    lines += ["", "## Cost (mean over seeds; wall seconds on this machine)", ""]
-    lines += ["| " + " | ".join(cost_head) + " |", "|" + "---|" * len(cost_head)]
-    for method in methods:
-        train = [
-            statistics.fmean(r["train_seconds_per_step"] for r in results[t]["methods"][method])
-            for t in tasks
-        ]
-        infer = [
-            statistics.fmean(r["infer_seconds_per_batch"] for r in results[t]["methods"][method])
-            for t in tasks
-        ]
-        cells = [f"{v:.2f}" for v in train + infer]
-        lines.append(f"| {METHOD_LABELS.get(method, method)} | {' | '.join(cells)} |")
-    lines += ["", "## Learning-rate grid (dev score of the first seed per grid point)", ""]
-    lines += ["| task | method | " + " | ".join(f"point {i}" for i in range(_widest(study))) + " |"]
-    lines += ["|---|---|" + "---|" * _widest(study)]
-    for task in tasks:
-        for method in methods:
+    return lines
+
+
+def seed_table(study: StudyConfig, results: dict[str, Any]) -> list[str]:
+    lines = ["## Per seed: test (dev at the kept step, kept step)", ""]
+    lines += _table(["task", "method", *[f"seed {seed}" for seed in study.seeds]])
+    for task, entry in results.items():
+        for method in study.methods:
+            cells = [
+                f"{r['test']:.3f} ({r['dev']:.3f}, step {r['best_step']})"
+                for r in entry["methods"][method]
+            ]
+            lines.append(f"| {task} | {method_label(method)} | {' | '.join(cells)} |")
+    return lines
+
+
+def paired_table(study: StudyConfig, results: dict[str, Any]) -> list[str]:
+    lines = ["## Paired differences on the same test rows (seeds pooled)", ""]
+    lines += _table(
+        ["task", "comparison", "difference", "bootstrap 95% interval", "McNemar p", "discordant"]
+    )
+    for task, entry in results.items():
+        for c in entry.get("paired", []):
+            low, high = c["ci95"]
+            lines.append(
+                f"| {task} | {method_label(c['a'])} − {method_label(c['b'])} | "
+                f"{c['difference']:+.4f} | [{low:+.4f}, {high:+.4f}] | {c['mcnemar_p']:.3g} | "
+                f"{c['only_a_right']} vs {c['only_b_right']} of {c['pairs']} |"
+            )
+    return lines
+
+
+def cost_table(study: StudyConfig, results: dict[str, Any]) -> list[str]:
+    lines = ["## Cost (mean over seeds; wall seconds and peak RSS on this machine)", ""]
+    head = ["task", "method", "trainable params", "train s/step", "test s/batch", "peak MiB"]
+    lines += _table(head)
+    for task, entry in results.items():
+        for method in study.methods:
+            runs = entry["methods"][method]
+            peaks = [r["peak_rss_mib"] for r in runs if r.get("peak_rss_mib")]
+            cells = [
+                f"{runs[0]['trainable_parameters']:,}",
+                f"{statistics.fmean(r['train_seconds_per_step'] for r in runs):.2f}",
+                f"{statistics.fmean(r['infer_seconds_per_batch'] for r in runs):.2f}",
+                f"{max(peaks):,.0f}" if peaks else "n/a",
+            ]
+            lines.append(f"| {task} | {method_label(method)} | {' | '.join(cells)} |")
+    return lines
+
+
+def grid_table(study: StudyConfig, results: dict[str, Any], grid: dict[str, Any]) -> list[str]:
+    lines = ["## Learning-rate grid (dev score of the first seed per grid point)", ""]
+    lines += _table(["task", "method", *[f"point {i}" for i in range(_widest(study))]])
+    for task in results:
+        for method in study.methods:
             chosen = results[task]["methods"][method][0]["lr_index"]
             cells = [
                 f"**{s:.3f}**" if i == chosen else f"{s:.3f}"
                 for i, s in enumerate(grid[task][method])
             ]
-            lines.append(f"| {task} | {METHOD_LABELS.get(method, method)} | {' | '.join(cells)} |")
+            lines.append(f"| {task} | {method_label(method)} | {' | '.join(cells)} |")
     lines += ["", "Grid points:", ""]
     for method, points in study.lr_grid.items():
         shown = "; ".join(f"{i}: {json.dumps(p)}" for i, p in enumerate(points))
-        lines.append(f"- {METHOD_LABELS.get(method, method)}: {shown}")
+        lines.append(f"- {method_label(method)}: {shown}")
     lines += ["", "Per-task settings (all methods): ", ""]
     for task, values in study.tasks.items():
         lines.append(f"- {task}: {json.dumps({**study.common, **values})}")
-    lines += ["", "![test scores](bars.png)", "", "![learning curves](curves.png)", ""]
-    return "\n".join(lines)
+    return lines
 
 
 def _widest(study: StudyConfig) -> int:
@@ -176,7 +232,7 @@ def plot_bars(study: StudyConfig, results: dict[str, Any], out: Path) -> None:
             stats = [mean_spread([r["test"] for r in results[t]["methods"][method]]) for t in tasks]
             means, spreads = [m for m, _ in stats], [s for _, s in stats]
         xs = [j + (i - (len(series) - 1) / 2) * width for j in range(len(tasks))]
-        ax.bar(xs, means, width, yerr=spreads, capsize=3, label=METHOD_LABELS.get(method, method))
+        ax.bar(xs, means, width, yerr=spreads, capsize=3, label=method_label(method))
     ax.set_xticks(range(len(tasks)), tasks)
     ax.set_ylabel("test accuracy")
     ax.set_ylim(0.0, 1.0)
@@ -186,32 +242,43 @@ def plot_bars(study: StudyConfig, results: dict[str, Any], out: Path) -> None:
     plt.close(fig)
 
 
+def mean_curve(runs: list[dict[str, Any]], key: str) -> tuple[list[int], list[float]]:
+    """Steps where the first seed logged ``key`` and the mean over seeds there."""
+    steps = [r["step"] for r in runs[0]["history"] if key in r]
+    means = [
+        statistics.fmean(
+            row[key] for run in runs for row in run["history"] if row["step"] == step and key in row
+        )
+        for step in steps
+    ]
+    return steps, means
+
+
 def plot_curves(study: StudyConfig, results: dict[str, Any], out: Path) -> None:
+    """Per task: train loss (top) and the dev metric (bottom) over steps, mean over seeds;
+    zero-shot's dev score as a dashed line where it was measured."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     tasks = list(results)
-    fig, axes = plt.subplots(1, len(tasks), figsize=(4 * len(tasks), 3.2), dpi=100, squeeze=False)
-    for ax, task in zip(axes[0], tasks, strict=True):
+    fig, axes = plt.subplots(2, len(tasks), figsize=(4 * len(tasks), 6), dpi=100, squeeze=False)
+    for column, task in enumerate(tasks):
+        entry = results[task]
+        dev_key = f"dev/{entry['metric']}"
         for color, method in enumerate(study.methods, start=1):  # C0 is zero-shot in the bars
-            runs = results[task]["methods"][method]
-            steps = [r["step"] for r in runs[0]["history"] if "train/loss" in r]
-            losses = [
-                statistics.fmean(
-                    row["train/loss"]
-                    for run in runs
-                    for row in run["history"]
-                    if row["step"] == step and "train/loss" in row
-                )
-                for step in steps
-            ]
-            ax.plot(steps, losses, color=f"C{color}", label=METHOD_LABELS.get(method, method))
-        ax.set_title(f"{task}: train loss (mean over seeds)")
-        ax.set_xlabel("step")
+            runs, label = entry["methods"][method], method_label(method)
+            axes[0][column].plot(*mean_curve(runs, "train/loss"), color=f"C{color}", label=label)
+            axes[1][column].plot(*mean_curve(runs, dev_key), "o-", color=f"C{color}", label=label)
+        if "dev_zero_shot" in entry:
+            axes[1][column].axhline(entry["dev_zero_shot"], color="C0", ls="--", label="zero-shot")
+        axes[0][column].set_title(f"{task}: train loss (mean over seeds)")
+        axes[1][column].set_title(f"{task}: dev {entry['metric']} (mean over seeds)")
+        axes[1][column].set_xlabel("step")
     axes[0][0].set_ylabel("loss")
-    axes[0][0].legend(fontsize=8)
+    axes[1][0].set_ylabel(entry["metric"])
+    axes[1][0].legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(out)
     plt.close(fig)
@@ -221,7 +288,7 @@ def log_to_mlflow(study: StudyConfig, base: Path, results: dict[str, Any], repor
     """One MLflow run (experiment = study name) with the summary metrics and the report files."""
     import mlflow
 
-    from .tracking import ensure_sqlite_schema
+    from ..tracking.tracker import ensure_sqlite_schema
 
     first = load_config(base, [f"output_dir={json.dumps(study.output_dir)}"])
     uri = tracking_uri(first)
@@ -256,9 +323,7 @@ def write_report(
     command = command or f"pipeline compare {study_file}"
     commit = git_commit()
     final = Path(study.report_dir) / study.name
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{study.name}.", dir=final.parent))
-    try:
+    with atomic_directory(final) as tmp:
         markdown = render_markdown(study, results, grid_scores(study, grid), command, commit)
         (tmp / "report.md").write_text(markdown)
         plot_bars(study, results, tmp / "bars.png")
@@ -267,10 +332,4 @@ def write_report(
         (tmp / "results.json").write_text(json.dumps({**record, "results": results}, indent=1))
         run_id = log_to_mlflow(study, base, results, tmp)
         (tmp / "mlflow_run.txt").write_text(run_id + "\n")
-        if final.exists():
-            shutil.rmtree(final)
-        tmp.rename(final)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
     return final

@@ -8,11 +8,13 @@ weights through bitsandbytes.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import logging
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 
@@ -162,3 +164,23 @@ def load_model(
         model.to(device)
     model.requires_grad_(False)
     return model.eval()
+
+
+def context_tokenizer(ctx):
+    """The run's tokenizer, loaded once per process (``ctx``: a stage's RunContext)."""
+    m = ctx.config.model
+    return ctx.memo("tokenizer", lambda: load_tokenizer(m.source, m.hub_token))
+
+
+def context_base_model(
+    ctx, loading: Callable[[], contextlib.AbstractContextManager] | None = None, key: str = ""
+):
+    """The run's frozen base, loaded once per process. ``loading``: a context the weights load
+    inside (ZeRO-3 partitioning), with ``key`` naming that variant."""
+    m = ctx.config.model
+
+    def load():
+        with loading() if loading else contextlib.nullcontext():
+            return load_model(m.source, m.dtype, m.attention, m.load_in_8bit, token=m.hub_token)
+
+    return ctx.memo(f"base_model{key}", load)

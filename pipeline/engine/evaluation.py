@@ -6,9 +6,9 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
-from .methods import SoftPromptModel
+from ..methods import SoftPromptModel
+from ..tasks import METRICS, Task
 from .scoring import score_choices
-from .tasks import METRICS, Task
 
 
 def predict_from_scores(task: Task, scores: Sequence[float]) -> tuple[int, float]:

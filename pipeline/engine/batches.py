@@ -1,48 +1,10 @@
-"""Pieces of the train stage that are not the loop itself: optimiser, schedule, batch stream."""
+"""Which rows each rank trains on, batch by batch: shards and the resumable batch stream."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 
 import numpy as np
-import torch
-
-from .config import TrainSection
-from .methods import SoftPromptModel
-
-
-def build_optimizer(model: SoftPromptModel, train: TrainSection) -> torch.optim.AdamW:
-    """AdamW with up to two groups: the prompt (lr_prompt) and the offset FFN / low-rank / LoRA
-    weights (lr_offset); a method without one of them has one group."""
-    groups = [
-        {"params": params, "lr": lr, "name": name}
-        for name, params, lr in (
-            ("prompt", model.prompt_parameters(), train.lr_prompt),
-            ("offset", model.offset_parameters(), train.lr_offset),
-        )
-        if params
-    ]
-    return torch.optim.AdamW(groups, weight_decay=train.weight_decay)
-
-
-def build_scheduler(optimizer: torch.optim.Optimizer, train: TrainSection):
-    """Linear warm-up to each group's lr, then linear decay to zero at ``train.steps``."""
-    from transformers import get_linear_schedule_with_warmup  # heavy import: only when training
-
-    return get_linear_schedule_with_warmup(optimizer, train.warmup_steps, train.steps)
-
-
-class Preempted(Exception):
-    """Training stopped on a signal after writing a checkpoint; re-running resumes it."""
-
-    exit_code = 3
-
-    def __init__(self, step: int, checkpoint: str) -> None:
-        super().__init__(
-            f"training stopped by a signal at step {step}; checkpoint {checkpoint} saved. "
-            "Re-run the same command to resume."
-        )
-        self.step, self.checkpoint = step, checkpoint
 
 
 def interleaved_shards(rows: int, batch_size: int, world_size: int, seed: int) -> list[list[int]]:

@@ -1,0 +1,129 @@
+"""The method registry: one entry per method, added by the method's own module.
+
+Adding a method = one module that defines a config class and a model class and calls
+:func:`register_method` (HF PEFT's ``register_peft_method`` is the model). The pipeline finds a
+method only through here: the YAML ``method:`` section is validated against the chosen method's
+config class (a key the method does not have is an error naming it), adapters are loaded back by
+the method name they record, and reports take the method's label from here. Methods outside this
+package are imported through the config's ``plugins:`` list.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import TypeAdapter, ValidationError
+
+from .base import MethodConfig
+
+
+class MethodConfigError(ValueError):
+    """A YAML ``method:`` section does not fit the chosen method; names the key."""
+
+    def __init__(self, key: str, reason: str) -> None:
+        super().__init__(f"{key}: {reason}")
+        self.key, self.reason = key, reason
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    name: str
+    config_class: type[MethodConfig]
+    model_class: type
+    label: str
+    module: str
+
+
+_METHODS: dict[str, MethodSpec] = {}
+
+
+def register_method(config_class: type[MethodConfig], model_class: type, label: str) -> MethodSpec:
+    """Make ``config_class.method`` a method name the pipeline knows (call it at import time)."""
+    name = config_class.method
+    if not name:
+        raise ValueError(f"{config_class.__name__}.method must name the method")
+    known = _METHODS.get(name)
+    if known is not None and known.config_class is not config_class:
+        raise ValueError(f"method {name!r} is already registered by {known.module}")
+    model_class.config_class = config_class
+    spec = MethodSpec(name, config_class, model_class, label, model_class.__module__)
+    _METHODS[name] = spec
+    return spec
+
+
+def method_names() -> list[str]:
+    return list(_METHODS)
+
+
+def get_method(name: str, module: str | None = None) -> MethodSpec:
+    """The registered method ``name``; ``module`` (recorded in adapters) is imported first when
+    the method is not registered yet."""
+    if name not in _METHODS and module:
+        importlib.import_module(module)
+    if name not in _METHODS:
+        raise MethodConfigError(
+            "method.name", f"unknown method {name!r}; known: {', '.join(method_names())}"
+        )
+    return _METHODS[name]
+
+
+@functools.cache
+def _adapter(config_class: type[MethodConfig]) -> TypeAdapter:
+    return TypeAdapter(config_class)
+
+
+def config_from_section(section: dict[str, Any], seed: int = 42) -> MethodConfig:
+    """Validate a YAML ``method:`` section (``name`` plus the method's options)."""
+    values = dict(section)
+    spec = get_method(values.pop("name", "adept"))
+    allowed = spec.config_class.option_names()
+    for key in values:
+        if key not in allowed:
+            raise MethodConfigError(
+                f"method.{key}",
+                f"method {spec.name!r} has no option {key!r} (its options: {', '.join(allowed)})",
+            )
+    try:
+        return _adapter(spec.config_class).validate_python({**values, "seed": seed})
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        where = ".".join(str(p) for p in ("method", *err["loc"]))
+        raise MethodConfigError(where, err["msg"].removeprefix("Value error, ")) from None
+
+
+def section_from_config(config: MethodConfig) -> dict[str, Any]:
+    """The YAML ``method:`` section of a config (the inverse of :func:`config_from_section`)."""
+    data = config.to_dict()
+    return {"name": config.method, **{k: data[k] for k in config.option_names()}}
+
+
+def config_from_dict(data: dict[str, Any], module: str | None = None) -> MethodConfig:
+    """Rebuild a method config from :meth:`MethodConfig.to_dict` output (adapter files)."""
+    data = dict(data)
+    spec = get_method(data.pop("method", None), module)
+    return spec.config_class(**data)
+
+
+def wrap(
+    base: Any,
+    config: MethodConfig,
+    tokenizer: Any = None,
+    register_base: bool = True,
+    shared_prefix: bool = True,
+):
+    """Wrap ``base`` with the method named by ``config``.
+
+    ``register_base=False`` keeps the base out of ``parameters()``/``state_dict()``, so an engine
+    wrapping this module (DeepSpeed with an 8-bit base) owns only the adapter.
+    ``shared_prefix``: compute the prompt's keys/values once per batch where that is exact.
+    """
+    return get_method(config.method).model_class(
+        base,
+        config,
+        tokenizer=tokenizer,
+        register_base=register_base,
+        shared_prefix=shared_prefix,
+    )

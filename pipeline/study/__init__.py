@@ -1,0 +1,1 @@
+"""``pipeline compare``: the method comparison study (plan, jobs, report)."""
