@@ -102,7 +102,7 @@ def test_evaluation_computes_the_prefix_once(monkeypatch) -> None:
         calls.append(prompt_embeds.shape)
         return real(body, prompt_embeds)
 
-    monkeypatch.setattr("pipeline.methods.model.run_prefix", counting)
+    monkeypatch.setattr("pipeline.methods.wrapper.run_prefix", counting)
     model = make(ADePT, tiny_llama())
     perturb(model)
     g = torch.Generator().manual_seed(3)
@@ -141,14 +141,14 @@ def test_folded_adept_with_shared_prefix_equals_unfolded() -> None:
 def test_fallback_is_logged_for_unverified_models_and_lora(caplog) -> None:
     base = tiny_llama()
     base.config.model_type = "some_new_arch"
-    with caplog.at_level(logging.INFO, logger="pipeline.methods.model"):
+    with caplog.at_level(logging.INFO, logger="pipeline.methods.wrapper"):
         model = make(ADePT, base)
     assert not model.shared_prefix
     assert "model type 'some_new_arch' is not verified" in caplog.text
     from pipeline.methods import LoRA
 
     caplog.clear()
-    with caplog.at_level(logging.INFO, logger="pipeline.methods.model"):
+    with caplog.at_level(logging.INFO, logger="pipeline.methods.wrapper"):
         lora = LoRA(tiny_llama())
     assert not lora.shared_prefix and "this method has no prompt" in caplog.text
 
