@@ -66,6 +66,9 @@ def test_run_params_metrics_artifacts(tracked_run) -> None:
     paths = {a.path for a in client.list_artifacts(run_id)}
     assert {"config.resolved.json", "evaluate", "train", "plots"} <= paths
     assert {a.path for a in client.list_artifacts(run_id, "plots")} == {"plots/loss_curve.png"}
+    if uri.startswith("sqlite:///"):  # artifacts beside the db, never ./mlruns of the cwd
+        root = (Path(uri.removeprefix("sqlite:///")).parent / "mlartifacts").resolve().as_uri()
+        assert run.info.artifact_uri.startswith(root + "/")
     adapter = {Path(a.path).name for a in client.list_artifacts(run_id, "train/best_adapter")}
     assert adapter == {"adapter_config.json", "adapter_model.safetensors"}
 

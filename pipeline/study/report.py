@@ -288,13 +288,12 @@ def log_to_mlflow(study: StudyConfig, base: Path, results: dict[str, Any], repor
     """One MLflow run (experiment = study name) with the summary metrics and the report files."""
     import mlflow
 
-    from ..tracking.tracker import ensure_sqlite_schema
+    from ..tracking.tracker import ensure_sqlite_schema, use_experiment
 
     first = load_config(base, [f"output_dir={json.dumps(study.output_dir)}"])
     uri = tracking_uri(first)
     ensure_sqlite_schema(uri)
-    mlflow.set_tracking_uri(uri)
-    mlflow.set_experiment(study.name)
+    use_experiment(uri, study.name)
     with mlflow.start_run(run_name=f"{study.name}-report") as run:
         mlflow.set_tags({"kind": "study_report", "git_commit": git_commit()})
         metrics = {}

@@ -5,7 +5,8 @@ Choices (documented in the README):
   them (``train/loss``, ``dev/accuracy``, ``test/adapter/accuracy``) and each stage sets
   ``stage.<name>`` = ran|cached. A resumed or re-run pipeline continues the same MLflow run (its
   id is kept in ``<run_dir>/mlflow_run.json``).
-- Default store: ``sqlite:///<output_dir>/mlflow.db`` (the file store is in maintenance mode);
+- Default store: ``sqlite:///<output_dir>/mlflow.db`` (the file store is in maintenance mode),
+  artifacts in ``<output_dir>/mlartifacts``;
   the first process creates the schema under a file lock, so parallel array tasks do not race.
 - Only rank 0 logs. An http(s) tracking URI is checked (GET /health) before anything runs.
 - Slurm array tasks tag their run with the array job and task ids, so a sweep is one view.
@@ -13,6 +14,7 @@ Choices (documented in the README):
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import logging
@@ -30,6 +32,7 @@ from ..core.stage import Stage
 log = logging.getLogger(__name__)
 
 RUN_ID_FILE = "mlflow_run.json"
+ARTIFACT_DIR = "mlartifacts"  # the sqlite store's artifacts, next to mlflow.db
 SECRET_WORDS = ("token", "password", "passwd", "secret", "key", "credential", "apikey")
 REDACTED = "***"
 
@@ -121,6 +124,21 @@ def ensure_sqlite_schema(uri: str) -> None:
         mlflow.MlflowClient(tracking_uri=uri).search_experiments(max_results=1)
 
 
+def use_experiment(uri: str, name: str) -> None:
+    """Make ``name`` the active experiment of ``uri``. On the default sqlite store a new
+    experiment keeps its artifacts beside the database (``<output_dir>/mlartifacts``), not in
+    ``./mlruns`` of whatever directory the first run started in."""
+    import mlflow
+
+    mlflow.set_tracking_uri(uri)
+    if uri.startswith("sqlite:///") and mlflow.get_experiment_by_name(name) is None:
+        root = Path(uri.removeprefix("sqlite:///")).parent / ARTIFACT_DIR
+        # a parallel array task may have created it first
+        with contextlib.suppress(mlflow.exceptions.MlflowException):
+            mlflow.create_experiment(name, artifact_location=root.resolve().as_uri())
+    mlflow.set_experiment(name)
+
+
 class Tracker:
     """Logs one pipeline run; a no-op on ranks other than 0."""
 
@@ -138,8 +156,7 @@ class Tracker:
         import mlflow
 
         os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
-        mlflow.set_tracking_uri(self.uri)
-        mlflow.set_experiment(self.config.tracking.experiment)
+        use_experiment(self.uri, self.config.tracking.experiment)
         id_file = self.config.run_dir / RUN_ID_FILE
         previous = json.loads(id_file.read_text()).get("run_id") if id_file.is_file() else None
         if previous and not self._run_exists(previous):
