@@ -13,6 +13,7 @@ import mlflow
 import pytest
 
 from pipeline.cli import main
+from pipeline.core.stage import read_manifest
 from tests.helpers import free_port, mlflow_server, write_boolq_rows, write_config
 
 
@@ -152,3 +153,23 @@ def test_redaction_hides_secrets_not_sizes() -> None:
         "extra": {"api-key": "***", "db_password": "***"},
         "tracking": {"uri": "http://***@host:5000"},
     }
+
+
+def test_a_finished_run_pointed_at_a_new_server_registers_there(tmp_path, tiny_model_dir) -> None:
+    """Export's cache key covers the whole config, tracking.uri included: re-pointing a finished
+    run at another server re-runs export only (train and evaluate stay cached) and registers the
+    model there; registered.json then names the new server's version."""
+    config = write_config(
+        tmp_path, tiny_model_dir, export={"registered_model_name": "moved", "alias": "champion"}
+    )
+    assert main(["run", str(config)]) == 0
+    run_dir = tmp_path / "runs" / "tiny"
+    finished = {s: read_manifest(run_dir / s)["finished_at"] for s in ("train", "export")}
+    with mlflow_server(tmp_path) as uri:
+        assert main(["run", str(config), "--set", f"tracking.uri={uri}"]) == 0
+        client = mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri)
+        version = client.get_model_version_by_alias("moved", "champion")
+    assert read_manifest(run_dir / "train")["finished_at"] == finished["train"]
+    assert read_manifest(run_dir / "export")["finished_at"] != finished["export"]
+    registered = json.loads((run_dir / "export" / "registered.json").read_text())
+    assert registered["version"] == version.version == "1"
