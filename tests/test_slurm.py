@@ -183,6 +183,50 @@ def test_requeued_task_resumes_to_the_same_result(slurm, tmp_path, tiny_model_di
     assert "restart 1" in log
 
 
+def test_requeueing_one_array_task_leaves_its_sibling_alone(slurm, tmp_path, tiny_model_dir):
+    """`scontrol requeue <A>_1` stops, checkpoints and requeues task 1 only: task 0 (whose own
+    job id is the array's id) runs through once, never signalled, never restarted."""
+    sections = {
+        "task": {"train_limit": 64},
+        "train": {"steps": 40, "checkpoint_every": 2, "eval_every": 20},
+    }
+    config = sweep_config(tmp_path, tiny_model_dir, [0.01, 0.02], **sections)
+    (tmp_path / "logs").mkdir()
+    proc = sbatch(
+        slurm,
+        f"--chdir={tmp_path}",
+        "--array=0-1",
+        "--cpus-per-task=1",
+        str(REPO / "slurm" / "train_llama.sh"),
+        str(config),
+    )
+    assert proc.returncode == 0, proc.stderr
+    array = proc.stdout.strip()
+    variants = tmp_path / "runs" / "tiny" / "variants"
+
+    class Running:  # the array task stands in for a process
+        def poll(self):
+            states = job_states(f"{array}_1", slurm)
+            return None if not states or states[0] not in TERMINAL else 1
+
+    wait_for_step(variants / "v001" / ".scratch" / "train" / "history.jsonl", 3, Running())
+    requeue = subprocess.run(
+        ["scontrol", "requeue", f"{array}_1"], capture_output=True, text=True, env=slurm
+    )
+    assert requeue.returncode == 0, requeue.stderr
+    wait_jobs([array], slurm, timeout=900)
+    assert set(job_states(array, slurm)) == {"COMPLETED"}
+    logs = {i: (tmp_path / "logs" / f"adept-train_{array}_{i}.out").read_text() for i in (0, 1)}
+    assert "received" not in logs[0] and "restart 1" not in logs[0], logs[0]
+    assert f"requeueing {array}_1" in logs[1] and "restart 1" in logs[1], logs[1]
+    summaries = [
+        json.loads((variants / v / "train" / "train_summary.json").read_text())
+        for v in ("v000", "v001")
+    ]
+    assert summaries[0]["resumed_from_step"] is None
+    assert summaries[1]["resumed_from_step"] is not None
+
+
 def test_submit_without_slurm_is_a_clear_error(tmp_path, tiny_model_dir) -> None:
     config = write_config(tmp_path, tiny_model_dir)
     env = dict(ENV, PATH=str(Path(sys.executable).parent))  # no sbatch on this PATH
