@@ -108,7 +108,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     for index, overrides, run_dir in rows:
         print(f"{index:>4}  {run_dir}  {' '.join(overrides) or '(base config)'}")
     print(f"\n--array=0-{len(rows) - 1}")
-    print(f"sbatch --array=0-{len(rows) - 1} slurm/train_llama.sh {args.config}")
+    # Slurm opens --output=logs/… before the script runs: without logs/ the job fails silently
+    print(f"mkdir -p logs && sbatch --array=0-{len(rows) - 1} slurm/train_llama.sh {args.config}")
     return 0
 
 

@@ -9,6 +9,7 @@ import subprocess
 import sys
 
 import pytest
+import yaml
 
 from pipeline.cli import main
 from pipeline.core.files import checksum_tree
@@ -161,3 +162,14 @@ def test_config_errors_exit_2_with_key_path(tmp_path) -> None:
     assert proc.returncode == 2
     assert "train.steps: expected int, got 'fast'" in proc.stderr
     assert "train.stepz: unknown key" in proc.stderr
+
+
+def test_sweep_prints_a_command_that_creates_the_log_directory(tmp_path, tiny_model_dir, capsys):
+    """sbatch needs logs/ to exist before the job starts (else it fails with no log at all), so
+    the printed command makes it."""
+    config = write_config(tmp_path, tiny_model_dir)
+    data = yaml.safe_load(config.read_text())
+    config.write_text(yaml.safe_dump({**data, "sweep": {"train.seed": [1, 2, 3]}}))
+    assert main(["sweep", str(config)]) == 0
+    out = capsys.readouterr().out
+    assert f"mkdir -p logs && sbatch --array=0-2 slurm/train_llama.sh {config}" in out
