@@ -7,8 +7,10 @@ Outputs: ``adapter/`` (adapter_config.json + adapter_model.safetensors), ``task.
          FFN folded in; the LM head keeps the original table).
 Registry: with export.register_model (default) and tracking on, the package is logged as an MLflow
          pyfunc (models-from-code), registered as ``export.registered_model_name`` (default: the
-         run name) with test metrics and the config hash as version tags, and given
-         ``export.alias`` (default ``champion``). ``registered.json`` records name and version.
+         run name) with test metrics, the dev score and the config hash as version tags; it takes
+         ``export.alias`` (default ``champion``) only if its dev score beats the holder's
+         (pipeline/tracking/registry.py). ``registered.json`` records name, version, dev score
+         and whether it took the alias.
 """
 
 from __future__ import annotations
@@ -60,17 +62,21 @@ def run(ctx: RunContext) -> dict[str, Any]:
             "task": task.name,
             **{f"test_{k}": v for k, v in description["metrics"].items()},
         }
-        version = register(ctx.work_dir, name, cfg.export.alias, tags)
+        train = json.loads((ctx.input_dir("train") / "train_summary.json").read_text())
+        dev_score = train[f"best_dev_{task.selection_metric}"]
+        version, holds = register(ctx.work_dir, name, cfg.export.alias, tags, dev_score)
         write_json_atomic(
             ctx.work_dir / REGISTERED,
             {
                 "name": name,
                 "version": version,
-                "alias": cfg.export.alias,
-                "uri": f"models:/{name}@{cfg.export.alias}",
+                "uri": f"models:/{name}/{version}",
+                "dev_score": dev_score,
+                # whether this version took the alias when registered (a better one may since)
+                "alias": cfg.export.alias if holds else None,
             },
         )
-        summary.update(registered=name, version=version)
+        summary.update(registered=name, version=version, alias=holds)
     return summary
 
 

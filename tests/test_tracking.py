@@ -79,7 +79,11 @@ def test_registered_version_tags_and_alias(tracked_run) -> None:
     client = mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri)
     version = client.get_model_version_by_alias("tiny-adept", "champion")
     registered = json.loads((run_dir / "export" / "registered.json").read_text())
-    assert str(version.version) == registered["version"]
+    assert str(version.version) == registered["version"] and registered["alias"] == "champion"
+    summary = json.loads((run_dir / "train" / "train_summary.json").read_text())
+    assert (
+        float(version.tags["dev_score"]) == summary["best_dev_accuracy"] == registered["dev_score"]
+    )
     metrics = json.loads((run_dir / "evaluate" / "metrics.json").read_text())["adapter"]
     assert float(version.tags["test_accuracy"]) == pytest.approx(metrics["accuracy"])
     assert (
@@ -173,3 +177,30 @@ def test_a_finished_run_pointed_at_a_new_server_registers_there(tmp_path, tiny_m
     assert read_manifest(run_dir / "export")["finished_at"] != finished["export"]
     registered = json.loads((run_dir / "export" / "registered.json").read_text())
     assert registered["version"] == version.version == "1"
+
+
+def test_the_alias_moves_only_to_a_better_dev_score(tmp_path) -> None:
+    """One rule for every variant registering under one name: the alias goes to a new version
+    only when its dev score beats the holder's (ties keep the holder); a holder registered
+    without a dev score yields. Real sqlite registry."""
+    from pipeline.tracking.registry import DEV_SCORE_TAG, claim_alias
+
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'r.db'}")
+    client.create_registered_model("sweep")
+
+    def new_version(dev: float | None) -> str:
+        tags = {} if dev is None else {DEV_SCORE_TAG: str(dev)}
+        return str(client.create_model_version("sweep", source=str(tmp_path), tags=tags).version)
+
+    def holder() -> str:
+        return str(client.get_model_version_by_alias("sweep", "champion").version)
+
+    steps = [(0.8, True), (0.7, False), (0.8, False), (0.9, True), (0.85, False)]
+    for dev, moves in steps:
+        version = new_version(dev)
+        assert claim_alias(client, "sweep", "champion", version, dev) is moves, (dev, version)
+    assert holder() == "4"  # the 0.9 version, registered fourth
+    untagged = new_version(None)
+    client.set_registered_model_alias("sweep", "champion", untagged)
+    assert claim_alias(client, "sweep", "champion", new_version(0.1), 0.1) is True
+    assert holder() == "7"
