@@ -118,17 +118,24 @@ def submit_and_wait(config: Path, env, cwd: Path) -> dict[str, list[str]]:
     jobs = dict(re.findall(r"^(\w+)\s+job (\d+)$", proc.stdout, re.M))
     assert list(jobs) == ["tokenize", "train", "evaluate"]
     by_id = wait_jobs(list(jobs.values()), env)
-    return {stage: by_id[job_id] for stage, job_id in jobs.items()}
+    return {stage: by_id[job_id] for stage, job_id in jobs.items()}, jobs
 
 
 def test_submit_chains_stages_and_stops_on_failure(slurm, tmp_path, tiny_model_dir) -> None:
     ok = sweep_config(tmp_path / "ok", tiny_model_dir, [0.05, 0.01])
-    states = submit_and_wait(ok, slurm, tmp_path)
+    states, jobs = submit_and_wait(ok, slurm, tmp_path)
     assert all(set(s) == {"COMPLETED"} for s in states.values()), states
     root = tmp_path / "ok" / "runs" / "tiny"
-    for variant in ("v000", "v001"):
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{root.parent / 'mlflow.db'}")
+    for index, variant in enumerate(("v000", "v001")):
         assert (root / "variants" / variant / "evaluate" / "metrics.json").is_file()
         assert (root / "variants" / variant / "export" / "task.json").is_file()
+        run_id = json.loads((root / "variants" / variant / "mlflow_run.json").read_text())
+        tags = client.get_run(run_id["run_id"]).data.tags
+        # the sweep's one view is the training array, though the evaluate array ran last
+        assert tags["slurm.array_job_id"] == jobs["train"], tags
+        assert tags["slurm.array_task_id"] == str(index)
+        assert tags["slurm.evaluate.job_id"] != jobs["train"]
 
     # variant 1 diverges (NaN loss, exit 2): evaluate/export must never run
     bad = sweep_config(
@@ -138,7 +145,7 @@ def test_submit_chains_stages_and_stops_on_failure(slurm, tmp_path, tiny_model_d
         model={"dtype": "float16"},
         train={"max_grad_norm": 1e30, "steps": 8, "warmup_steps": 0},
     )
-    states = submit_and_wait(bad, slurm, tmp_path)
+    states, _ = submit_and_wait(bad, slurm, tmp_path)
     assert states["tokenize"] == ["COMPLETED"]
     assert "FAILED" in states["train"]
     assert set(states["evaluate"]) == {"CANCELLED"}, states

@@ -139,6 +139,20 @@ def use_experiment(uri: str, name: str) -> None:
     mlflow.set_experiment(name)
 
 
+def slurm_tags(stage: Stage) -> dict[str, str]:
+    """Which Slurm job ran ``stage`` (``slurm.<stage>.job_id``). The distributed stage's (train's)
+    array ids are the run's ``slurm.array_job_id`` / ``slurm.array_task_id``: with `pipeline
+    submit` the evaluate array continues the run later and must not replace them."""
+    env = os.environ
+    if "SLURM_JOB_ID" not in env:
+        return {}
+    tags = {f"slurm.{stage.name}.job_id": env["SLURM_JOB_ID"]}
+    if stage.distributed and "SLURM_ARRAY_JOB_ID" in env:
+        tags["slurm.array_job_id"] = env["SLURM_ARRAY_JOB_ID"]
+        tags["slurm.array_task_id"] = env.get("SLURM_ARRAY_TASK_ID", "")
+    return tags
+
+
 class Tracker:
     """Logs one pipeline run; a no-op on ranks other than 0."""
 
@@ -203,12 +217,6 @@ class Tracker:
         }
         if self.config.variant:
             tags["pipeline.variant"] = self.config.variant
-        slurm = {
-            "SLURM_ARRAY_JOB_ID": "slurm.array_job_id",
-            "SLURM_ARRAY_TASK_ID": "slurm.array_task_id",
-            "SLURM_JOB_ID": "slurm.job_id",
-        }
-        tags.update({tag: os.environ[env] for env, tag in slurm.items() if env in os.environ})
         return tags
 
     def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
@@ -227,6 +235,7 @@ class Tracker:
         mlflow.set_tag(f"stage.{stage.name}", status)
         if status != "ran":
             return
+        mlflow.set_tags(slurm_tags(stage))
         for name, artifact_dir in stage.tracked.items():
             target = path / name
             if target.is_dir():
