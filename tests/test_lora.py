@@ -102,6 +102,10 @@ def test_config_plans_lora_and_rejects_int8_under_deepspeed() -> None:
     )
     with pytest.raises(ConfigError, match="method: LoRA target_modules"):
         bad.method_config(gemma)
+    with pytest.raises(
+        ValueError, match=r"method\.lora_targets: renamed to method\.target_modules"
+    ):
+        PipelineConfig.model_validate({"name": "x", "method": {"name": "lora", "lora_targets": []}})
 
 
 @pytest.mark.parametrize(

@@ -40,7 +40,6 @@ from ..methods import (
 RENAMED_KEYS = {
     "train.lr_prompt": "train.lr.prompt",
     "train.lr_offset": "train.lr.offset (train.lr.lora for LoRA)",
-    "method.lora_targets": "method.target_modules",
 }
 DEFAULT_METHOD = {"name": "adept"}
 

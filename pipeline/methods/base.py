@@ -31,6 +31,8 @@ class MethodConfig:
     """Whether the method folds into the input-embedding table (``export.fold``)."""
     lives_in_base: ClassVar[bool] = False
     """Whether the trainable weights sit inside the base model's modules (LoRA)."""
+    renamed_options: ClassVar[dict[str, str]] = {}
+    """Old option name → new one: a config using the old name gets an error naming the new."""
 
     seed: int = field(
         default=42, metadata={"help": "Seed for the adapter's init (train.seed).", **DERIVED}

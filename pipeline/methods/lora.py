@@ -26,6 +26,7 @@ class LoRAConfig(MethodConfig):
     method: ClassVar[str] = "lora"
     learning_rates: ClassVar[dict[str, float]] = {"lora": 1e-4}
     lives_in_base: ClassVar[bool] = True
+    renamed_options: ClassVar[dict[str, str]] = {"lora_targets": "target_modules"}
 
     budget_tokens: int = field(
         default=100, metadata={"help": "L: the rank is the one closest to L·d parameters."}

@@ -81,6 +81,9 @@ def config_from_section(section: dict[str, Any], seed: int = 42) -> MethodConfig
     spec = get_method(values.pop("name", "adept"))
     allowed = spec.config_class.option_names()
     for key in values:
+        if key in spec.config_class.renamed_options:
+            new = spec.config_class.renamed_options[key]
+            raise MethodConfigError(f"method.{key}", f"renamed to method.{new}")
         if key not in allowed:
             raise MethodConfigError(
                 f"method.{key}",
