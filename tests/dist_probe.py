@@ -14,7 +14,7 @@ import torch
 from pipeline.core.config import PipelineConfig
 from pipeline.engine.backends import DeepSpeedBackend
 from pipeline.engine.deepspeed_config import zero3_loading
-from pipeline.engine.distributed import dist_env, init_process_group
+from pipeline.engine.distributed import dist_env, exit_process, init_process_group
 from pipeline.engine.models import load_model
 from pipeline.methods import wrap
 
@@ -107,3 +107,4 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+    exit_process(0)

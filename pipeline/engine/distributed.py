@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import logging
 import os
+import sys
 from datetime import timedelta
 
 import torch
@@ -48,6 +50,20 @@ def init_process_group() -> None:
     deepspeed.init_distributed(
         dist_backend=backend, auto_mpi_discovery=False, timeout=COLLECTIVE_TIMEOUT, verbose=False
     )
+
+
+def exit_process(code: int) -> None:
+    """End this process with ``code``. A rank of a process group leaves the group and skips the
+    interpreter's teardown (``os._exit`` after flushing logs and stdio): C++ destructors racing
+    gloo's threads there abort a rank (SIGABRT, 'terminate called without an active exception')
+    now and then after all its work is done, and torchrun then reports the stage failed."""
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        sys.exit(code)
+    torch.distributed.destroy_process_group()
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def barrier() -> None:
