@@ -109,7 +109,10 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         print(f"{index:>4}  {run_dir}  {' '.join(overrides) or '(base config)'}")
     print(f"\n--array=0-{len(rows) - 1}")
     # Slurm opens --output=logs/… before the script runs: without logs/ the job fails silently
-    print(f"mkdir -p logs && sbatch --array=0-{len(rows) - 1} slurm/train_llama.sh {args.config}")
+    print(
+        f"mkdir -p logs && sbatch --array=0-{len(rows) - 1} --output='logs/%x_%A_%a.out' "
+        f"slurm/train_llama.sh {args.config}"
+    )
     return 0
 
 

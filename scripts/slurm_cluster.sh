@@ -7,7 +7,11 @@
 #
 # Everything lives under $ADEPT_SLURM_DIR (default /tmp/adept-slurm); nothing in /etc/slurm is
 # touched, so commands need SLURM_CONF=$ADEPT_SLURM_DIR/slurm.conf (`eval "$(... env)"`).
-# Daemons listen on 127.0.0.1 only. Idempotent: `up` on a running cluster changes nothing.
+# Daemons listen on 127.0.0.1 only: the host name resolves there and CommunicationParameters
+# binds to that address instead of 0.0.0.0. `down` cancels the jobs first, so no slurmstepd or
+# job process outlives the daemons. Idempotent: `up` on a running cluster changes nothing.
+# There is no accounting database (sacct cannot work); finished jobs stay in `scontrol show job`
+# for an hour (MinJobAge) and every finished job is a line in $dir/jobcomp.log.
 set -euo pipefail
 dir=${ADEPT_SLURM_DIR:-/tmp/adept-slurm}
 conf=$dir/slurm.conf
@@ -49,6 +53,7 @@ SlurmdUser=root
 SlurmctldPort=6817
 SlurmdPort=6818
 AuthType=auth/munge
+CommunicationParameters=NoCtldInAddrAny,NoInAddrAny
 StateSaveLocation=$dir/state
 SlurmdSpoolDir=$dir/spool
 SlurmctldPidFile=$dir/slurmctld.pid
@@ -82,7 +87,7 @@ start_munge() {
     dd if=/dev/urandom bs=1 count=1024 of=/etc/munge/munge.key 2>/dev/null
   fi
   chown munge:munge /etc/munge/munge.key && chmod 400 /etc/munge/munge.key
-  if pgrep -x munged >/dev/null; then  # someone else's munged: use it, never stop it
+  if ps -C munged -o stat= | grep -qv '^Z'; then  # someone else's munged: use it, never stop it
     return 0
   fi
   runuser -u munge -- /usr/sbin/munged --pid-file=/run/munge/adept-munged.pid \
@@ -94,7 +99,7 @@ start_munge() {
 up() {
   install_packages
   mkdir -p "$dir"
-  [ -f "$conf" ] || write_config
+  alive "$dir/slurmctld.pid" || write_config  # never rewrite a running cluster's config
   export SLURM_CONF=$conf
   start_munge
   alive "$dir/slurmctld.pid" || /usr/sbin/slurmctld -f "$conf"
@@ -105,16 +110,42 @@ up() {
     sleep 0.5
   done
   echo "slurm did not become idle; logs in $dir" >&2
-  tail -20 "$dir/slurmctld.log" "$dir/slurmd.log" >&2 || true
+  tail -n 20 "$dir/slurmctld.log" "$dir/slurmd.log" >&2 || true
   return 1
 }
 
+stop() {  # pid file -> TERM, wait up to 15 s, then KILL: returns once the daemon is gone
+  alive "$1" || return 0
+  local pid
+  pid=$(cat "$1")
+  kill "$pid" 2>/dev/null || true
+  for _ in $(seq 150); do alive "$1" || return 0; sleep 0.1; done
+  kill -KILL "$pid" 2>/dev/null || true
+}
+
+cancel_jobs() {  # scancel everything, wait for the steps to end; echo the ids it cancelled
+  local ids
+  ids=$(SLURM_CONF=$conf squeue -h -o %A 2>/dev/null | sort -u || true)
+  [ -n "$ids" ] || return 0
+  SLURM_CONF=$conf scancel $ids 2>/dev/null || true
+  for _ in $(seq 90); do
+    [ -z "$(SLURM_CONF=$conf squeue -h -o %A 2>/dev/null || true)" ] && break
+    sleep 0.5
+  done
+  echo "$ids"
+}
+
 down() {
+  local ids=""
+  alive "$dir/slurmctld.pid" && ids=$(cancel_jobs)
   for name in slurmd slurmctld munged; do
-    if alive "$dir/$name.pid"; then
-      kill "$(cat "$dir/$name.pid")" 2>/dev/null || true
-    fi
+    stop "$dir/$name.pid"
     rm -f "$dir/$name.pid"
+  done
+  # a daemon that never wrote its pid file (stuck starting) is still ours by its config path
+  pkill -KILL -f "^/usr/sbin/slurm(ctld|d) -f $conf\$" 2>/dev/null || true
+  for id in $ids; do  # a step that outlived the cancel (e.g. stuck in I/O) goes now
+    pkill -KILL -f "^slurmstepd: \[$id\." 2>/dev/null || true
   done
   echo "slurm down"
 }

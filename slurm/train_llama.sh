@@ -2,8 +2,8 @@
 # ADePT training as a Slurm array job: task i runs variant i of the config's `sweep:` grid
 # (`pipeline sweep CONFIG` lists them and prints the --array range).
 #
-#   mkdir -p logs && sbatch --array=0-7 slurm/train_llama.sh configs/llama7b_boolq.yaml
-#   sbatch --array=0-7%2 -N 2 --gpus-per-node=8 -p gpu -A myproj slurm/train_llama.sh CONFIG
+#   mkdir -p logs && sbatch --array=0-7 --output='logs/%x_%A_%a.out' slurm/train_llama.sh CONFIG
+#   mkdir -p logs && sbatch -N 2 --gpus-per-node=8 -p gpu -A myproj slurm/train_llama.sh CONFIG
 #   pipeline submit CONFIG     # tokenize once -> this array (afterok) -> evaluate/export
 #
 # Nodes, GPUs, partition and account come from sbatch flags or SBATCH_* variables, never from
@@ -12,9 +12,10 @@
 # torchrun per node, rendezvous at the first host). Preemption: Slurm sends USR1 120 s before the
 # time limit (`scontrol requeue` sends TERM); the ranks checkpoint and stop, the task requeues
 # itself and resumes from the checkpoint. Environment: PYTHON (default python) with the project
-# installed; STAGES (default all five).
+# installed; STAGES (default all five). Logs: logs/<job name>_<job id>.out (Slurm opens it before
+# this script runs, so logs/ must exist); array commands add --output='logs/%x_%A_%a.out'.
 #SBATCH --job-name=adept-train
-#SBATCH --output=logs/%x_%A_%a.out
+#SBATCH --output=logs/%x_%j.out
 #SBATCH --open-mode=append
 #SBATCH --requeue
 #SBATCH --signal=B:USR1@120

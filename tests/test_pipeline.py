@@ -172,4 +172,7 @@ def test_sweep_prints_a_command_that_creates_the_log_directory(tmp_path, tiny_mo
     config.write_text(yaml.safe_dump({**data, "sweep": {"train.seed": [1, 2, 3]}}))
     assert main(["sweep", str(config)]) == 0
     out = capsys.readouterr().out
-    assert f"mkdir -p logs && sbatch --array=0-2 slurm/train_llama.sh {config}" in out
+    assert (
+        f"mkdir -p logs && sbatch --array=0-2 --output='logs/%x_%A_%a.out' "
+        f"slurm/train_llama.sh {config}" in out
+    )

@@ -78,12 +78,13 @@ def sbatch(env, *args: str) -> subprocess.CompletedProcess:
 def test_array_job_runs_every_variant(slurm, tmp_path, tiny_model_dir) -> None:
     config = sweep_config(tmp_path, tiny_model_dir, [0.05, 0.01])
     listed = pipeline("sweep", str(config))
-    assert listed.returncode == 0 and "--array=0-1" in listed.stdout
+    assert listed.returncode == 0 and "--array=0-1 --output='logs/%x_%A_%a.out'" in listed.stdout
     (tmp_path / "logs").mkdir()
     proc = sbatch(
         slurm,
         "--wait",
         "--array=0-1",
+        "--output=logs/%x_%A_%a.out",  # the command `pipeline sweep` printed
         f"--chdir={tmp_path}",
         str(REPO / "slurm" / "train_llama.sh"),
         str(config),
@@ -186,8 +187,9 @@ def test_requeued_task_resumes_to_the_same_result(slurm, tmp_path, tiny_model_di
     assert json.loads((run_dir / "evaluate" / "metrics.json").read_text()) == json.loads(
         (ref_dir / "evaluate" / "metrics.json").read_text()
     )
-    log = next((tmp_path / "logs").glob("adept-train_*")).read_text()
-    assert "restart 1" in log
+    # a plain (non-array) job's log is named by its job id alone, no 4294967294 task id
+    assert [p.name for p in (tmp_path / "logs").iterdir()] == [f"adept-train_{job}.out"]
+    assert "restart 1" in (tmp_path / "logs" / f"adept-train_{job}.out").read_text()
 
 
 def test_requeueing_one_array_task_leaves_its_sibling_alone(slurm, tmp_path, tiny_model_dir):
@@ -203,6 +205,7 @@ def test_requeueing_one_array_task_leaves_its_sibling_alone(slurm, tmp_path, tin
         slurm,
         f"--chdir={tmp_path}",
         "--array=0-1",
+        "--output=logs/%x_%A_%a.out",  # as `pipeline sweep` prints it
         "--cpus-per-task=1",
         str(REPO / "slurm" / "train_llama.sh"),
         str(config),
@@ -240,3 +243,36 @@ def test_submit_without_slurm_is_a_clear_error(tmp_path, tiny_model_dir) -> None
     proc = pipeline("submit", str(config), env=env, cwd=tmp_path, timeout=120)
     assert proc.returncode == 2
     assert "pipeline submit needs Slurm: sbatch is not on PATH" in proc.stderr
+
+
+def listening_addresses(port: int) -> set[str]:
+    """Local IPv4 addresses with a socket listening on ``port`` (from /proc/net/tcp)."""
+    found = set()
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        local, state = line.split()[1], line.split()[3]
+        address, hex_port = local.split(":")
+        if state == "0A" and int(hex_port, 16) == port:
+            found.add(".".join(str(b) for b in reversed(bytes.fromhex(address))))
+    return found
+
+
+def test_daemons_listen_on_loopback_and_down_leaves_nothing_running(slurm, tmp_path) -> None:
+    """slurmctld and slurmd bind 127.0.0.1 (not 0.0.0.0); `down` with a job running cancels it
+    and returns with no daemon, slurmstepd or job process left. Runs last: it stops the cluster
+    (and brings it back for the fixture's own `down`)."""
+    assert listening_addresses(6817) == {"127.0.0.1"}
+    assert listening_addresses(6818) == {"127.0.0.1"}
+    marker = f"sleep 3{os.getpid() % 1000:03d}"  # a command line only this job runs
+    job = sbatch(slurm, "-o", str(tmp_path / "job.out"), "--wrap", marker).stdout.strip()
+    deadline = time.monotonic() + 60
+    while job_states(job, slurm) != ["RUNNING"] and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert subprocess.run(["pgrep", "-f", f"^{marker}$"], capture_output=True).returncode == 0
+    script = str(REPO / "scripts" / "slurm_cluster.sh")
+    assert subprocess.run(["bash", script, "down"], timeout=120).returncode == 0
+    left = subprocess.run(
+        ["pgrep", "-af", f"slurmctld|slurmd|slurmstepd|^{marker}$"], capture_output=True, text=True
+    ).stdout
+    assert not [line for line in left.splitlines() if "<defunct>" not in line], left
+    up = subprocess.run(["bash", script, "up"], capture_output=True, text=True, timeout=600)
+    assert up.returncode == 0, up.stdout + up.stderr
