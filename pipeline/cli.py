@@ -12,10 +12,10 @@ from pathlib import Path
 import yaml
 
 from .core.config import ConfigError, PipelineConfig, load_config
-from .core.files import ensure_writable
-from .engine.distributed import dist_env, is_distributed_launch
+from .core.files import ensure_writable, write_text_atomic
+from .engine.distributed import dist_env, exit_process, is_distributed_launch
 from .engine.predict import PREDICT_BATCH_SIZE
-from .launch.signals import Preempted
+from .launch.signals import Interrupted, Preempted, interrupting_on_stop_signals
 from .runner import STAGE_NAMES, Runner
 
 log = logging.getLogger("pipeline")
@@ -57,12 +57,27 @@ def _stages(arg: str | None) -> tuple[str, ...]:
     return tuple(s.strip() for s in arg.split(",") if s.strip())
 
 
+def check_local_model(source: str) -> None:
+    """A local model directory's files, and its tokenizer against its vocabulary (seconds)."""
+    from .engine.model_checks import check_model_dir, check_vocabulary
+    from .engine.models import GEMMA_PACKAGE_SOURCE, load_tokenizer
+
+    path = Path(source).expanduser()
+    if source == GEMMA_PACKAGE_SOURCE or not path.is_dir():
+        return
+    config = check_model_dir(path)
+    vocab_size = config.get("vocab_size") or config.get("text_config", {}).get("vocab_size")
+    if vocab_size:
+        check_vocabulary(source, len(load_tokenizer(source)), int(vocab_size))
+
+
 def preflight(config: PipelineConfig) -> None:
     """Budget and DeepSpeed checks before any stage runs (skipped when the model's dims are
     not available offline yet; loading reports that case itself)."""
     from .engine.planning import model_spec
     from .methods import BudgetError
 
+    check_local_model(config.model.source)
     try:
         spec, _ = model_spec(config.model.source)
     except FileNotFoundError:
@@ -140,6 +155,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
     from .tracking.tracker import redact
 
     config = load_config(args.config, args.set)
+    check_local_model(config.model.source)
     planned = plan(config)
     print("# resolved config")
     print(yaml.safe_dump(redact(config.to_dict()), sort_keys=False).rstrip())
@@ -184,11 +200,16 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from .engine.predict import Predictor
     from .tasks.readers import read_jsonl
 
+    output = Path(args.output) if args.output else None
+    if output is not None and not output.parent.is_dir():
+        raise ConfigError(f"--output {output}: {output.parent} is not a directory")
     rows = [{k: v for k, v in r.items() if k != "_line"} for r in read_jsonl(Path(args.input))]
+    if not rows:
+        raise ConfigError(f"--input {args.input}: no rows to predict")
     results = Predictor(args.run).predict(rows, batch_size=args.batch_size)
     lines = "".join(json.dumps(result) + "\n" for result in results)
-    if args.output:
-        Path(args.output).write_text(lines)
+    if output is not None:
+        write_text_atomic(output, lines)
     else:
         sys.stdout.write(lines)
     return 0
@@ -266,14 +287,18 @@ def main(argv: list[str] | None = None) -> int:
     )
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     try:
-        return args.func(args)
+        with interrupting_on_stop_signals():
+            return args.func(args)
     except Preempted as exc:
         print(f"preempted: {exc}", file=sys.stderr)
         return Preempted.exit_code
+    except Interrupted as exc:
+        print(f"interrupted: {exc}", file=sys.stderr)
+        return Interrupted.exit_code
     except _known_errors() as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_process(main())  # ranks leave their process group before exiting

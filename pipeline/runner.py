@@ -105,6 +105,8 @@ class Runner:
         if not force and manifest and manifest.get("key") == key:
             log.info("%s: cached (%s)", stage.name, final)
             return StageResult(stage.name, "cached", 0.0, manifest.get("summary", {}), final)
+        if force and not is_distributed_launch():  # --force: a fresh run, never a resume
+            shutil.rmtree(self.run_dir / ".scratch" / stage.name, ignore_errors=True)
         if stage.distributed and self.needs_launcher():
             return self.launch_distributed(stage, force)
         work = final.parent / f".{final.name}.partial"  # never taken as complete: no manifest

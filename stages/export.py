@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 from typing import Any
 
 from safetensors.torch import save_file
@@ -31,6 +32,12 @@ from pipeline.tasks import get_task
 ADAPTER, FOLDED_FILE, REGISTERED = "adapter", "folded_embeddings.safetensors", "registered.json"
 
 
+def model_reference(cfg) -> str:
+    """The base model as task.json records it: a local directory as an absolute path."""
+    path = Path(cfg.model.source).expanduser()
+    return str(path.resolve()) if path.is_dir() else cfg.model.source
+
+
 def run(ctx: RunContext) -> dict[str, Any]:
     cfg = ctx.config
     task = get_task(cfg.task.name)
@@ -40,9 +47,11 @@ def run(ctx: RunContext) -> dict[str, Any]:
     description = {
         "task": task.name,
         "template": task.template,
+        "fields": list(task.fields),
         "choices": list(task.choices),
         "max_length": cfg.task.max_length,
-        "model": cfg.model.model_dump(exclude={"hub_token"}),
+        # a local model path resolved, so `pipeline predict` works from any directory
+        "model": {**cfg.model.model_dump(exclude={"hub_token"}), "source": model_reference(cfg)},
         "metrics": metrics.get("adapter", {}),
         "config_hash": cfg.config_hash,
     }
@@ -54,7 +63,10 @@ def run(ctx: RunContext) -> dict[str, Any]:
         save_file({"weight": model.folded_embeddings.contiguous()}, ctx.work_dir / FOLDED_FILE)
         summary["folded"] = True
     if cfg.export.register_model and ctx.tracker is not None and ctx.tracker.enabled:
+        from mlflow.exceptions import MlflowException
+
         from pipeline.tracking.registry import register
+        from pipeline.tracking.tracker import TrackingError
 
         name = cfg.export.registered_model_name or cfg.name
         tags = {
@@ -64,7 +76,23 @@ def run(ctx: RunContext) -> dict[str, Any]:
         }
         train = json.loads((ctx.input_dir("train") / "train_summary.json").read_text())
         dev_score = train[f"best_dev_{task.selection_metric}"]
-        version, holds = register(ctx.work_dir, name, cfg.export.alias, tags, dev_score)
+        tracker = ctx.tracker
+        try:
+            version, holds = register(
+                tracker.client,
+                tracker.run_id,
+                ctx.work_dir,
+                ctx.run_dir / "export",
+                name,
+                cfg.export.alias,
+                tags,
+                dev_score,
+            )
+        except MlflowException as exc:
+            raise TrackingError(
+                f"registering {name!r} on {tracker.uri} failed ({str(exc).splitlines()[0]}); "
+                "everything before export is kept: re-run the same command to register"
+            ) from None
         write_json_atomic(
             ctx.work_dir / REGISTERED,
             {

@@ -171,6 +171,16 @@ def losses(run: Path) -> list[float]:
     return [json.loads(x)["train/loss"] for x in history]
 
 
+def tracked_losses(run: Path, uri: str | None = None) -> list[tuple[int, float]]:
+    """(step, train loss) as the run's MLflow run holds them, every logged point in order."""
+    import mlflow
+
+    uri = uri or f"sqlite:///{(run.parent / 'mlflow.db').resolve()}"
+    run_id = json.loads((run / "mlflow_run.json").read_text())["run_id"]
+    history = mlflow.MlflowClient(tracking_uri=uri).get_metric_history(run_id, "train.loss")
+    return [(m.step, m.value) for m in sorted(history, key=lambda m: (m.step, m.timestamp))]
+
+
 def wait_for_step(history: Path, step: int, proc: subprocess.Popen, timeout: float = 600) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline and proc.poll() is None:
@@ -182,6 +192,14 @@ def wait_for_step(history: Path, step: int, proc: subprocess.Popen, timeout: flo
     raise AssertionError(f"step {step} never logged (exit {proc.poll()})")
 
 
+def interrupt_training(config: Path, run_dir: Path, sig: int, stderr=subprocess.DEVNULL) -> int:
+    """Start `pipeline run CONFIG`, send ``sig`` once step 3 is logged; the exit code."""
+    proc = start_pipeline("run", str(config), stderr=stderr)
+    wait_for_step(run_dir / ".scratch" / "train" / "history.jsonl", 3, proc)
+    os.killpg(proc.pid, sig)
+    return proc.wait(timeout=120)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -189,8 +207,10 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def mlflow_server(root: Path, timeout: float = 90.0) -> Iterator[str]:
-    port = free_port()
+def mlflow_server(root: Path, timeout: float = 90.0, port: int | None = None) -> Iterator[str]:
+    """A real `mlflow server` on 127.0.0.1 storing under ``root``; the same ``root`` and ``port``
+    again restart the same server (an outage)."""
+    port = port or free_port()
     env = dict(
         os.environ, MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false", MLFLOW_DISABLE_TELEMETRY="true"
     )
@@ -240,3 +260,41 @@ def mlflow_server(root: Path, timeout: float = 90.0) -> Iterator[str]:
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
         log.close()
+
+
+GOOD_RTE = '{"premise": "A man sleeps.", "hypothesis": "A man rests.", "label": "entailment"}\n'
+
+
+def rte_dir(root: Path, train: str = GOOD_RTE * 8, val: str = GOOD_RTE * 8) -> Path:
+    d = root / "data" / "superglue" / "rte"
+    d.mkdir(parents=True)
+    (d / "train.jsonl").write_text(train)
+    (d / "val.jsonl").write_text(val)
+    return root / "data"
+
+
+def sst2_dir(root: Path, train: str) -> Path:
+    d = root / "data" / "glue" / "sst2"
+    d.mkdir(parents=True)
+    (d / "train.tsv").write_text(train)
+    (d / "dev.tsv").write_text("sentence\tlabel\ngood .\t1\n")
+    return root / "data"
+
+
+def rte_task(data: Path) -> dict:
+    return {
+        "name": "rte",
+        "data_dir": str(data),
+        "train_limit": None,
+        "dev_limit": None,
+        "test_limit": None,
+    }
+
+
+def assert_no_partial_output(run_dir: Path) -> None:
+    if not run_dir.exists():
+        return
+    assert not list(run_dir.glob(".*.partial")), list(run_dir.glob(".*.partial"))
+    for stage in ("tokenize", "shard", "train", "evaluate", "export"):
+        if (run_dir / stage).exists():
+            assert (run_dir / stage / "manifest.json").is_file(), stage

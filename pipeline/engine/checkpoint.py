@@ -6,7 +6,6 @@ config) is ignored.
 
 from __future__ import annotations
 
-import json
 import logging
 import shutil
 from pathlib import Path
@@ -14,7 +13,7 @@ from typing import Any
 
 import torch
 
-from ..core.files import checksum_tree, sha256_file, write_json_atomic
+from ..core.files import checksum_tree, load_json, sha256_file, write_json_atomic
 from .distributed import barrier, dist_env
 
 log = logging.getLogger(__name__)
@@ -34,7 +33,7 @@ def verify_checkpoint(directory: Path) -> None:
     manifest = directory / CHECKSUMS
     if not manifest.is_file():
         raise ValueError(f"checkpoint {directory} is incomplete (no {CHECKSUMS})")
-    for name, digest in json.loads(manifest.read_text()).items():
+    for name, digest in load_json(manifest).items():
         path = directory / name
         if not path.is_file() or sha256_file(path) != digest:
             raise ValueError(
@@ -85,7 +84,7 @@ class Checkpointer:
     def latest(self) -> Path | None:
         """The newest complete checkpoint of this stage key; verified against its checksums."""
         for directory in reversed(self.complete()):
-            state = json.loads((directory / CLIENT_STATE).read_text())
+            state = load_json(directory / CLIENT_STATE)
             if state.get("stage_key") != self.stage_key:
                 log.info("ignoring checkpoint %s from another config", directory)
                 continue
@@ -98,6 +97,6 @@ class Checkpointer:
         if directory is None:
             return None
         backend.load(directory)
-        state = json.loads((directory / CLIENT_STATE).read_text())
+        state = load_json(directory / CLIENT_STATE)
         log.info("resumed from %s (step %d)", directory, state["step"])
         return state

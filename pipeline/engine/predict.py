@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 from ..core.config import ModelSection
+from ..core.files import load_json
 from ..methods import SoftPromptModel
 from ..tasks import Encoder, get_task
 from .evaluation import predict_from_scores
+from .model_checks import check_safetensors
 from .models import load_model, load_tokenizer
 from .scoring import score_choices
 
@@ -33,7 +34,9 @@ class Predictor:
 
     def __init__(self, export_dir: str | Path) -> None:
         self.export_dir = find_export_dir(export_dir)
-        self.description: dict[str, Any] = json.loads((self.export_dir / TASK_FILE).read_text())
+        self.description: dict[str, Any] = load_json(self.export_dir / TASK_FILE)
+        check_safetensors(self.export_dir / "adapter" / "adapter_model.safetensors")
+        SoftPromptModel.read_adapter_config(self.export_dir / "adapter")  # before the base loads
         model_cfg = ModelSection.model_validate(self.description["model"])
         source = model_cfg.source
         self.task = get_task(self.description["task"])

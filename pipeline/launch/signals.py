@@ -1,13 +1,16 @@
 """The preemption contract, in one place: a signal → every rank checkpoints → exit code 3 →
 re-running the same command resumes.
 
-- In a training process, :class:`StopFlag` turns SIGTERM / SIGUSR1 into a flag the train loop
-  checks at each step boundary; after the checkpoint it raises :class:`Preempted`, rank 0 having
-  left a marker file for whoever launched it.
+- In a training process, :class:`StopFlag` turns SIGTERM / SIGUSR1 / SIGINT (Ctrl-C) into a
+  flag the train loop checks at each step boundary; after the checkpoint it raises
+  :class:`Preempted`, rank 0 having left a marker file for whoever launched it.
 - A launcher (the runner starting torchrun, the Slurm task) runs its child with
   :func:`run_forwarding_signals`: the signal goes to the child's process group once, and the
   marker turns the child's exit into :class:`Preempted` in the launcher too.
-- ``pipeline`` exits with :data:`EXIT_PREEMPTED` (3) on :class:`Preempted`.
+- Outside the train loop, SIGINT / SIGTERM raise :class:`Interrupted`: the stage running is
+  abandoned without partial output.
+- ``pipeline`` exits with :data:`EXIT_PREEMPTED` (3) on :class:`Preempted` and
+  :class:`Interrupted`, with one line saying what to do.
 """
 
 from __future__ import annotations
@@ -18,13 +21,15 @@ import logging
 import os
 import signal
 import subprocess
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 from ..core.files import write_json_atomic
 
 log = logging.getLogger(__name__)
 
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)  # Ctrl-C: like a preemption
 EXIT_PREEMPTED = 3
 PREEMPTED_MARKER = "preempted.json"  # written by rank 0 of a stage stopped by a signal
 
@@ -40,6 +45,38 @@ class Preempted(Exception):
             "Re-run the same command to resume."
         )
         self.step, self.checkpoint = step, checkpoint
+
+
+class Interrupted(KeyboardInterrupt):
+    """SIGINT/SIGTERM outside the train loop: the running stage is abandoned (its work directory
+    removed, the MLflow run marked KILLED); finished stages stay."""
+
+    exit_code = EXIT_PREEMPTED
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(
+            f"stopped by {signal.Signals(signum).name}; finished stages are kept: re-run the same "
+            "command to continue"
+        )
+
+
+@contextlib.contextmanager
+def interrupting_on_stop_signals() -> Iterator[None]:
+    """Within: SIGINT/SIGTERM raise :class:`Interrupted` (the train loop's StopFlag overrides
+    this while it runs). Outside the main thread, a no-op."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum, frame) -> None:
+        raise Interrupted(signum)
+
+    previous = {sig: signal.signal(sig, interrupt) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 class StopFlag:

@@ -19,10 +19,11 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from ..core.files import atomic_directory
+from ..core.files import CorruptFileError, atomic_directory, load_json
 from .base import MethodConfig
 from .init import init_prompt
 from .layout import right_align
@@ -340,7 +341,7 @@ class SoftPromptModel(nn.Module):
         path = Path(directory) / ADAPTER_CONFIG_NAME
         if not path.is_file():
             raise FileNotFoundError(f"{path}: no adapter config (expected {ADAPTER_CONFIG_NAME})")
-        meta = json.loads(path.read_text())
+        meta = load_json(path)
         version = meta.get("format_version")
         if version not in READABLE_FORMAT_VERSIONS:
             raise ValueError(
@@ -367,7 +368,11 @@ class SoftPromptModel(nn.Module):
             )
         model_class = get_method(config.method).model_class
         model = model_class(base, config, shared_prefix=shared_prefix, _init_prompt=False)
-        weights = load_file(Path(directory) / ADAPTER_WEIGHTS_NAME)
+        weights_file = Path(directory) / ADAPTER_WEIGHTS_NAME
+        try:
+            weights = load_file(weights_file)
+        except (OSError, SafetensorError) as exc:
+            raise CorruptFileError(f"{weights_file}: unreadable adapter weights ({exc})") from None
         missing = set(model.adapter_state_dict()) ^ set(weights)
         if missing:
             raise ValueError(f"{directory}: adapter tensors do not match: {sorted(missing)}")

