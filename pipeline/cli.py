@@ -97,7 +97,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     if not is_distributed_launch() or dist_env()[0] == 0:
         ensure_writable(config.run_dir)  # cheapest check first: fail before reading any model
     preflight(config)
-    runner = Runner(config)
+    runner = Runner(config, config_file=Path(args.config))
     results = runner.run(_stages(args.stages), force=args.force)
     print_summary(config, results)
     return 0
@@ -296,6 +296,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"interrupted: {exc}", file=sys.stderr)
         return Interrupted.exit_code
     except _known_errors() as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except OSError as exc:  # disk full, read-only file system, ...: the OS's words and the path
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE
 

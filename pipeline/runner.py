@@ -27,7 +27,7 @@ import yaml
 from stages import PIPELINE
 
 from .core.config import PipelineConfig
-from .core.files import MANIFEST, checksum_tree, ensure_writable, write_json_atomic
+from .core.files import MANIFEST, checksum_tree, ensure_writable, read_json, write_json_atomic
 from .core.locks import BlockingLock, RunLock
 from .core.stage import RunContext, Stage, StageError, StageResult, read_manifest
 from .engine.distributed import barrier, dist_env, init_process_group, is_distributed_launch
@@ -39,13 +39,17 @@ log = logging.getLogger(__name__)
 
 STAGE_NAMES = tuple(stage.name for stage in PIPELINE)
 BY_NAME = {stage.name: stage for stage in PIPELINE}
+ORIGIN_FILE = "origin.json"  # the config file this run directory belongs to
 
 
 class Runner:
     """Runs the requested stages in order, skipping those whose manifest matches."""
 
-    def __init__(self, config: PipelineConfig, track: bool = True) -> None:
+    def __init__(
+        self, config: PipelineConfig, track: bool = True, config_file: Path | None = None
+    ) -> None:
         self.config = config
+        self.config_file = config_file
         self.run_dir = config.run_dir
         self.track = track
         self.context = RunContext(config=config, run_dir=self.run_dir, stage_dir=self.stage_dir)
@@ -157,6 +161,21 @@ class Runner:
             },
         )
 
+    def check_origin(self) -> None:
+        """One run directory, one config file: a second YAML file with the same ``name`` would
+        silently overwrite the first one's outputs and continue its MLflow run."""
+        if self.config_file is None:
+            return
+        here = str(Path(self.config_file).resolve())
+        recorded = read_json(self.run_dir / ORIGIN_FILE)
+        if recorded is None:
+            write_json_atomic(self.run_dir / ORIGIN_FILE, {"config_file": here})
+        elif recorded["config_file"] != here:
+            raise StageError(
+                f"{self.run_dir} holds the run of {recorded['config_file']}; {here} has the same "
+                "name: give it another `name:` (or delete that run directory to start over)"
+            )
+
     def needs_launcher(self) -> bool:
         return self.config.distributed.world_size > 1 and not is_distributed_launch()
 
@@ -199,6 +218,8 @@ class Runner:
         if self.track and rank == 0:
             check_reachable(tracking_uri(self.config))  # fail fast, before any work
         ensure_writable(self.run_dir)
+        if rank == 0 and not is_distributed_launch():
+            self.check_origin()
         take_lock = rank == 0 and not os.environ.get("PIPELINE_LOCK_HELD")
         with RunLock(self.run_dir) if take_lock else contextlib.nullcontext():
             if rank == 0:

@@ -135,7 +135,9 @@ def write_config(tmp_path: Path, model_dir: Path, **sections) -> Path:
         "eval": {"batch_size": 8},
     }
     for key, value in sections.items():
-        if key == "method" and value.get("name", "adept") != "adept":
+        if not isinstance(value, dict):  # a top-level value (output_dir, name)
+            config[key] = value
+        elif key == "method" and value.get("name", "adept") != "adept":
             config[key] = dict(value)  # another method: its own section, not merged with ADePT's
         else:
             config.setdefault(key, {}).update(value)

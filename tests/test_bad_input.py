@@ -3,6 +3,7 @@ cause, before any stage output exists; then the crash windows and signals around
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -157,6 +158,10 @@ CASES = {
     "copa_unknown_question": (
         lambda t, m: ({"task": {**rte_task(copa_dir(t, {"question": "why"})), "name": "copa"}}, []),
         r"train\.jsonl: line 2: question 'why' is not one of \['cause', 'effect'\]",
+    ),
+    "overlong_name": (
+        lambda t, m: ({}, ["--set", "name=" + "x" * 300]),
+        r"name: String should have at most 100 characters",
     ),
     "copa_empty_choice": (
         lambda t, m: ({"task": {**rte_task(copa_dir(t, {"choice2": " "})), "name": "copa"}}, []),
@@ -352,3 +357,52 @@ def test_credentials_in_the_tracking_uri_work_and_never_show(tmp_path, tiny_mode
     assert "s3cr3t-pw" not in json.dumps({**run.data.params, **run.data.tags})
     written = [p for p in run_dir.rglob("*") if p.is_file() and p.suffix in (".json", ".jsonl")]
     assert not [p for p in written if "s3cr3t-pw" in p.read_text(errors="ignore")]
+
+
+def test_two_configs_sharing_a_name_do_not_share_a_run(tmp_path, tiny_model_dir, capsys) -> None:
+    first = write_config(tmp_path / "a", tiny_model_dir, output_dir=str(tmp_path / "runs"))
+    second = write_config(tmp_path / "b", tiny_model_dir, output_dir=str(tmp_path / "runs"))
+    assert main(["run", str(first), "--stages", "tokenize"]) == 0
+    capsys.readouterr()
+    assert main(["run", str(second), "--stages", "tokenize"]) == 2
+    err = capsys.readouterr().err
+    assert f"holds the run of {first.resolve()}; {second.resolve()} has the same name" in err, err
+    assert main(["run", str(first), "--stages", "tokenize"]) == 0  # its own config still runs
+
+
+@contextlib.contextmanager
+def mounted(*args: str):
+    """``mount ARGS... TARGET`` for the block (root only: skips where mounting is refused)."""
+    target = Path(args[-1])
+    target.mkdir(parents=True, exist_ok=True)
+    done = subprocess.run(["mount", *args], capture_output=True, text=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount here: {done.stderr.strip()}")
+    try:
+        yield target
+    finally:
+        subprocess.run(["umount", "-l", str(target)], capture_output=True)
+
+
+def test_disk_full_is_one_line_and_leaves_nothing_partial(tmp_path, tiny_model_dir) -> None:
+    with mounted("-t", "tmpfs", "-o", "size=64k", "tmpfs", str(tmp_path / "full")) as full:
+        config = write_config(
+            tmp_path,
+            tiny_model_dir,
+            output_dir=str(full / "runs"),
+            tracking={"uri": f"sqlite:///{tmp_path / 'mlflow.db'}"},  # the db elsewhere
+        )
+        proc = pipeline("run", str(config))
+        assert proc.returncode == 2, proc.stderr[-3000:]
+        assert "No space left on device" in proc.stderr and "Traceback" not in proc.stderr
+        assert_no_partial_output(full / "runs" / "tiny")
+
+
+def test_predict_works_from_a_read_only_run_directory(finished_run, tmp_path) -> None:
+    _, run_dir, rows = finished_run
+    with mounted("--bind", str(run_dir), str(tmp_path / "ro")) as ro:
+        remount = subprocess.run(["mount", "-o", "remount,bind,ro", str(ro)], capture_output=True)
+        assert remount.returncode == 0, remount.stderr
+        proc = pipeline("predict", str(ro), "--input", str(rows), cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert json.loads(proc.stdout.strip().splitlines()[-1])["label"] in ("no", "yes")

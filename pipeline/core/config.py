@@ -216,7 +216,9 @@ class PipelineConfig(Section):
         description="Python modules imported before the rest is validated, e.g. one that "
         "registers a method of your own (pipeline.methods.register_method).",
     )
-    name: str = Field(..., min_length=1, description="Run name: outputs go to output_dir/name.")
+    name: str = Field(
+        ..., min_length=1, max_length=100, description="Run name: outputs go to output_dir/name."
+    )
     output_dir: str = "runs"
     model: ModelSection = ModelSection()
     method: Any = Field(
