@@ -406,3 +406,19 @@ def test_predict_works_from_a_read_only_run_directory(finished_run, tmp_path) ->
         proc = pipeline("predict", str(ro), "--input", str(rows), cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert json.loads(proc.stdout.strip().splitlines()[-1])["label"] in ("no", "yes")
+
+
+def test_unicode_names_and_a_20k_character_token_run_through(tmp_path, tiny_model_dir) -> None:
+    """Not an error: a run name in several scripts and a row holding one 20,000-character token
+    train and register; the long row is truncated to max_length, never dropped."""
+    long_row = rte_row(premise="Ünïcödé " + "x" * 20_000 + " 漢字 🙂")
+    data = rte_dir(tmp_path, train=GOOD_RTE * 6 + long_row, val=GOOD_RTE * 6 + long_row)
+    config = write_config(tmp_path, tiny_model_dir, name="tést-ünï漢字", task=rte_task(data))
+    proc = pipeline("run", str(config))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    run_dir = tmp_path / "runs" / "tést-ünï漢字"
+    stats = json.loads((run_dir / "tokenize" / "stats.json").read_text())
+    assert stats["train"]["rows"] == 7 and stats["train"]["truncated"] == 1
+    assert stats["train"]["max_context_tokens"] <= stats["max_length"]
+    registered = json.loads((run_dir / "export" / "registered.json").read_text())
+    assert registered["name"] == "tést-ünï漢字"

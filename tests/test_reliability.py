@@ -314,7 +314,8 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, tiny_model_dir,
     assert_no_partial_output(tmp_path / "runs" / "tiny")
 
 
-def test_corrupt_checkpoint_is_refused_on_resume(tmp_path, tiny_model_dir, capsys) -> None:
+@pytest.mark.parametrize("damaged", ["state.safetensors", "client_state.json", "checksums.json"])
+def test_corrupt_checkpoint_is_refused_on_resume(tmp_path, tiny_model_dir, capsys, damaged) -> None:
     config = write_config(
         tmp_path,
         tiny_model_dir,
@@ -325,11 +326,14 @@ def test_corrupt_checkpoint_is_refused_on_resume(tmp_path, tiny_model_dir, capsy
     run_dir = tmp_path / "runs" / "tiny"
     assert interrupt_training(config, run_dir, signal.SIGTERM) == 3
     latest = sorted((run_dir / ".scratch" / "train" / "checkpoints").glob("step_*"))[-1]
-    state = latest / "state.safetensors"
-    state.write_bytes(state.read_bytes()[:-100])  # truncated
+    state = latest / damaged
+    state.write_bytes(state.read_bytes()[:-10])  # truncated
     assert main(["run", str(config)]) == 2
     err = capsys.readouterr().err
-    assert f"checkpoint {latest} is corrupt: state.safetensors does not match its checksum" in err
+    if damaged.endswith(".json"):  # read before the checksums are: named, never a traceback
+        assert f"{latest / damaged}: corrupt, not valid JSON" in err, err
+    else:
+        assert f"checkpoint {latest} is corrupt: {damaged} does not match its checksum" in err
     assert_no_partial_output(run_dir)
 
 
