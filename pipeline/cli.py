@@ -44,9 +44,8 @@ def _known_errors() -> tuple[type[BaseException], ...]:
         DataError,
         ModelLoadError,
         BudgetError,
-        FileNotFoundError,
         FloatingPointError,
-        PermissionError,
+        OSError,  # missing files, permissions, disk full, read-only file system: the OS's words
         ValueError,
     )
 
@@ -296,9 +295,6 @@ def main(argv: list[str] | None = None) -> int:
         print(f"interrupted: {exc}", file=sys.stderr)
         return Interrupted.exit_code
     except _known_errors() as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
-    except OSError as exc:  # disk full, read-only file system, ...: the OS's words and the path
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE
 

@@ -42,6 +42,15 @@ def model_copy(tmp: Path, source: Path, change) -> Path:
     return target
 
 
+def damaged_model(change):
+    """A CASES entry's maker: the config points at a copy of the tiny model with ``change``."""
+    return lambda t, m: ({"model": {"source": str(model_copy(t, m, change))}}, [])
+
+
+def edit_json(path: Path, **values) -> None:
+    path.write_text(json.dumps({**json.loads(path.read_text()), **values}))
+
+
 def truncate(path: Path, keep: int) -> None:
     path.write_bytes(path.read_bytes()[:keep])
 
@@ -63,54 +72,19 @@ def rte_row(**fields) -> str:
 # (case id, function(tmp, tiny model dir) -> (config sections, extra CLI args), expected message)
 CASES = {
     "model_without_tokenizer": (
-        lambda t, m: (
-            {"model": {"source": str(model_copy(t, m, lambda d: (d / "tokenizer.json").unlink()))}},
-            [],
-        ),
+        damaged_model(lambda d: (d / "tokenizer.json").unlink()),
         r"model directory .*model has no tokenizer files \(one of tokenizer\.json",
     ),
     "truncated_safetensors": (
-        lambda t, m: (
-            {
-                "model": {
-                    "source": str(
-                        model_copy(t, m, lambda d: truncate(d / "model.safetensors", 5000))
-                    )
-                }
-            },
-            [],
-        ),
+        damaged_model(lambda d: truncate(d / "model.safetensors", 5000)),
         r"model\.safetensors: truncated or corrupt safetensors file",
     ),
     "corrupt_model_config": (
-        lambda t, m: (
-            {"model": {"source": str(model_copy(t, m, lambda d: truncate(d / "config.json", 20)))}},
-            [],
-        ),
+        damaged_model(lambda d: truncate(d / "config.json", 20)),
         r"config\.json: not a readable JSON config",
     ),
     "tokenizer_larger_than_vocabulary": (
-        lambda t, m: (
-            {
-                "model": {
-                    "source": str(
-                        model_copy(
-                            t,
-                            m,
-                            lambda d: (d / "config.json").write_text(
-                                json.dumps(
-                                    {
-                                        **json.loads((d / "config.json").read_text()),
-                                        "vocab_size": 100,
-                                    }
-                                )
-                            ),
-                        )
-                    )
-                }
-            },
-            [],
-        ),
+        damaged_model(lambda d: edit_json(d / "config.json", vocab_size=100)),
         r"the tokenizer has \d+ tokens but the model's vocabulary has 100 rows",
     ),
     "bool_as_steps": (

@@ -98,11 +98,15 @@ class RunContext:
     def attempt(self) -> str:
         """This stage's attempt id: the same across interruptions and resumes (it lives in the
         scratch directory), new after ``--force`` (which clears it). Metric points are unique
-        per attempt and step."""
-        path = self.scratch_dir() / ATTEMPT_FILE
-        if not path.is_file():
-            write_json_atomic(path, {"attempt": uuid.uuid4().hex})
-        return read_json(path)["attempt"]
+        per attempt and step. Read once per process and stage (it is asked at every logged step)."""
+
+        def read_or_create() -> str:
+            path = self.scratch_dir() / ATTEMPT_FILE
+            if not path.is_file():
+                write_json_atomic(path, {"attempt": uuid.uuid4().hex})
+            return read_json(path)["attempt"]
+
+        return self.memo(f"attempt:{self.stage}:{self.stage_key}", read_or_create)
 
     def memo(self, key: str, make: Callable[[], Any]) -> Any:
         """``make()`` once per process (a loaded model shared by the stages of one run)."""

@@ -7,7 +7,7 @@ from typing import Any
 
 from ..core.config import ModelSection
 from ..core.files import load_json
-from ..methods import SoftPromptModel
+from ..methods import ADAPTER_WEIGHTS_NAME, SoftPromptModel
 from ..tasks import Encoder, get_task
 from .evaluation import predict_from_scores
 from .model_checks import check_safetensors
@@ -35,7 +35,7 @@ class Predictor:
     def __init__(self, export_dir: str | Path) -> None:
         self.export_dir = find_export_dir(export_dir)
         self.description: dict[str, Any] = load_json(self.export_dir / TASK_FILE)
-        check_safetensors(self.export_dir / "adapter" / "adapter_model.safetensors")
+        check_safetensors(self.export_dir / "adapter" / ADAPTER_WEIGHTS_NAME)
         SoftPromptModel.read_adapter_config(self.export_dir / "adapter")  # before the base loads
         model_cfg = ModelSection.model_validate(self.description["model"])
         source = model_cfg.source

@@ -8,13 +8,14 @@ holder's; ties keep the holder. A holder without the tag (registered before this
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
+
+from ..core.files import load_json
 
 log = logging.getLogger(__name__)
 
@@ -136,7 +137,7 @@ def register(
     """
     import mlflow
 
-    description = json.loads((export_dir / "task.json").read_text())
+    description = load_json(export_dir / "task.json")
     artifact_path = f"model-{description['config_hash']}"  # one per config: versions never share
     source = f"{client.get_run(run_id).info.artifact_uri}/{artifact_path}"
     try:
