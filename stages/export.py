@@ -4,7 +4,9 @@ Inputs:  train/best_adapter, evaluate/metrics.json.
 Outputs: ``adapter/`` (adapter_config.json + adapter_model.safetensors), ``task.json`` (task name,
          template, verbaliser, max length, base-model reference, test metrics, config hash) and,
          with export.fold on ADePT, ``folded_embeddings.safetensors`` (the input-side table with the
-         FFN folded in; the LM head keeps the original table).
+         FFN folded in; the LM head keeps the original table); with export.merged (PT, ADePT),
+         ``merged/``: a standalone Hugging Face model whose prompt is a prefix of m special
+         tokens (pipeline/engine/merge.py), with a model card and ``merge.json``.
 Registry: with export.register_model (default) and tracking on, the package is logged as an MLflow
          pyfunc (models-from-code), registered as ``export.registered_model_name`` (default: the
          run name) with test metrics, the dev score and the config hash as version tags; it takes
@@ -24,7 +26,8 @@ from safetensors.torch import save_file
 
 from pipeline.core.files import write_json_atomic
 from pipeline.core.stage import WHOLE_CONFIG, RunContext, Stage
-from pipeline.engine.models import context_base_model
+from pipeline.engine.merge import MERGED_DIR, merge_adapter, model_card, save_merged
+from pipeline.engine.models import context_base_model, load_model, load_tokenizer
 from pipeline.engine.predict import TASK_FILE
 from pipeline.methods import SoftPromptModel
 from pipeline.tasks import get_task
@@ -36,6 +39,22 @@ def model_reference(cfg) -> str:
     """The base model as task.json records it: a local directory as an absolute path."""
     path = Path(cfg.model.source).expanduser()
     return str(path.resolve()) if path.is_dir() else cfg.model.source
+
+
+def write_merged(ctx: RunContext, adapter_src: Path, description: dict[str, Any]) -> str:
+    """``merged/``: the adapter merged into a fresh, unquantised copy of the base (merging
+    rewrites the tables in place); returns the prefix text."""
+    m = ctx.config.model
+    base = load_model(m.source, m.dtype, m.attention, load_in_8bit=False, token=m.hub_token)
+    tokenizer = load_tokenizer(m.source, token=m.hub_token)
+    model = SoftPromptModel.from_pretrained(base, adapter_src).eval()
+    prefix = merge_adapter(model, tokenizer)
+    out = ctx.work_dir / MERGED_DIR
+    prefix = save_merged(model, tokenizer, prefix, out)
+    model_type = base.config.get_text_config().model_type
+    card = model_card(prefix, description, model.config.method, model_type)
+    (out / "README.md").write_text(card)
+    return prefix.text
 
 
 def run(ctx: RunContext) -> dict[str, Any]:
@@ -62,6 +81,8 @@ def run(ctx: RunContext) -> dict[str, Any]:
         model.fold()  # TypeError for a method that does not fold (validate catches it first)
         save_file({"weight": model.folded_embeddings.contiguous()}, ctx.work_dir / FOLDED_FILE)
         summary["folded"] = True
+    if cfg.export.merged:
+        summary["merged_prefix"] = write_merged(ctx, adapter_src, description)
     if cfg.export.register_model and ctx.tracker is not None and ctx.tracker.enabled:
         from mlflow.exceptions import MlflowException
 

@@ -209,51 +209,38 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def mlflow_server(root: Path, timeout: float = 90.0, port: int | None = None) -> Iterator[str]:
-    """A real `mlflow server` on 127.0.0.1 storing under ``root``; the same ``root`` and ``port``
-    again restart the same server (an outage)."""
-    port = port or free_port()
+def http_service(
+    command: list[str],
+    log_path: Path,
+    health_url: str,
+    timeout: float = 90.0,
+    env: dict[str, str] | None = None,
+) -> Iterator[None]:
+    """Run ``command`` (its own session, output to ``log_path``, ``env`` added to ours) until
+    ``health_url`` answers 200; stop the whole process group afterwards."""
     env = dict(
-        os.environ, MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false", MLFLOW_DISABLE_TELEMETRY="true"
+        os.environ,
+        MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false",
+        MLFLOW_DISABLE_TELEMETRY="true",
+        **(env or {}),
     )
-    log = open(root / "mlflow-server.log", "w")  # noqa: SIM115 - closed in the finally below
+    log = open(log_path, "w")  # noqa: SIM115 - closed in the finally below
     proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "mlflow",
-            "server",
-            "--backend-store-uri",
-            f"sqlite:///{root / 'server.db'}",
-            "--artifacts-destination",
-            str(root / "artifacts"),
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--workers",
-            "1",
-        ],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        env=env,
-        start_new_session=True,
+        command, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
     )
-    uri = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + timeout
         while True:
             try:
-                with urllib.request.urlopen(f"{uri}/health", timeout=2) as r:
+                with urllib.request.urlopen(health_url, timeout=2) as r:
                     if r.status == 200:
                         break
             except OSError:
                 pass
             if proc.poll() is not None or time.monotonic() > deadline:
-                tail = (root / "mlflow-server.log").read_text()[-2000:]
-                raise RuntimeError(f"mlflow server did not start: {tail}")
+                raise RuntimeError(f"{command[:4]} did not start: {log_path.read_text()[-2000:]}")
             time.sleep(0.5)
-        yield uri
+        yield
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGTERM)
@@ -262,6 +249,22 @@ def mlflow_server(root: Path, timeout: float = 90.0, port: int | None = None) ->
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
         log.close()
+
+
+@contextlib.contextmanager
+def mlflow_server(root: Path, timeout: float = 90.0, port: int | None = None) -> Iterator[str]:
+    """A real `mlflow server` on 127.0.0.1 storing under ``root``; the same ``root`` and ``port``
+    again restart the same server (an outage)."""
+    port = port or free_port()
+    command = [
+        sys.executable, "-m", "mlflow", "server",
+        "--backend-store-uri", f"sqlite:///{root / 'server.db'}",
+        "--artifacts-destination", str(root / "artifacts"),
+        "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+    ]  # fmt: skip
+    uri = f"http://127.0.0.1:{port}"
+    with http_service(command, root / "mlflow-server.log", f"{uri}/health", timeout):
+        yield uri
 
 
 GOOD_RTE = '{"premise": "A man sleeps.", "hypothesis": "A man rests.", "label": "entailment"}\n'

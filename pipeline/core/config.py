@@ -188,6 +188,11 @@ class ExportSection(Section):
     register_model: bool = Field(True, description="Register the adapter in the MLflow registry.")
     registered_model_name: str | None = Field(None, description="Default: the run name.")
     alias: str = Field("champion", description="Alias set on the new version.")
+    merged: bool = Field(
+        False,
+        description="Also write a standalone Hugging Face model (PT, ADePT): the prompt as a "
+        "prefix of m special tokens, ADePT's FFN folded into the input table.",
+    )
 
     @field_validator("alias")
     @classmethod
@@ -291,6 +296,8 @@ class PipelineConfig(Section):
         if method.lives_in_base and self.model.load_in_8bit and dist.deepspeed:
             raise ValueError(
                 f"method.name {method.method} with model.load_in_8bit and distributed.deepspeed: "
+        if self.export.merged and not method.can_merge:
+            raise ValueError(f"export.merged: method {method.method!r}: {method.why_not_mergeable}")
                 f"the {get_method(method.method).label} weights live inside the int8 base, which "
                 "stays outside the engine; train it on a 16-bit base under ZeRO, or without "
                 "DeepSpeed"

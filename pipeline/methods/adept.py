@@ -34,6 +34,7 @@ class ADePTConfig(DecomposedConfig):
 
     method: ClassVar[str] = "adept"
     can_fold: ClassVar[bool] = True
+    can_merge: ClassVar[bool] = True
 
     dropout: float = field(default=0.1, metadata={"help": "Dropout before the FFN's ReLU."})
 

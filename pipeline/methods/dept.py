@@ -27,6 +27,11 @@ class DePTConfig(DecomposedConfig):
     """m prompt vectors + A (s×r) B (r×d) offset rows indexed by token position."""
 
     method: ClassVar[str] = "dept"
+    why_not_mergeable: ClassVar[str] = (
+        "DePT's low-rank offsets depend on each token's position, not its id, so no embedding "
+        "table holds them; serve the adapter, or give vLLM prompt embeddings "
+        "(--enable-prompt-embeds)"
+    )
 
     max_length: int | None = field(
         default=None,

@@ -18,6 +18,7 @@ class PromptTuningConfig(SoftPromptConfig):
     """L trainable vectors prepended to the input; one parameter group, ``prompt``."""
 
     method: ClassVar[str] = "prompt_tuning"
+    can_merge: ClassVar[bool] = True
 
     num_virtual_tokens: int = field(default=100, metadata={"help": "L: prompt length."})
 

