@@ -37,13 +37,16 @@ def dist_config(tmp: Path, model_dir: Path, world: int, batch: int, steps: int =
 
 def test_zero3_two_ranks_matches_one_process(tmp_path, tiny_model_dir) -> None:
     """ZeRO-3 on 2 ranks with the shared prompt prefix follows the same fp32 trajectory as one
-    process computing the prompt for every row."""
+    process computing the prompt for every row; with length-grouped batches too."""
+    grouped = {"group_by_length": True}
     single = dist_config(
-        tmp_path / "one", tiny_model_dir, world=1, batch=8, model={"shared_prefix": False}
-    )
+        tmp_path / "one", tiny_model_dir, world=1, batch=8, model={"shared_prefix": False},
+        train=grouped,
+    )  # fmt: skip
     double = dist_config(
-        tmp_path / "two", tiny_model_dir, world=2, batch=4, model={"shared_prefix": True}
-    )
+        tmp_path / "two", tiny_model_dir, world=2, batch=4, model={"shared_prefix": True},
+        train=grouped,
+    )  # fmt: skip
     stages = ["--stages", "tokenize,shard,train"]
     for config in (single, double):
         proc = pipeline("run", str(config), *stages)
@@ -115,22 +118,14 @@ def test_zero3_partitions_per_rank(tmp_path, tiny_model_dir, mode) -> None:
 
 @pytest.mark.parametrize("world", [1, 2])
 def test_signal_then_resume_equals_uninterrupted(tmp_path, tiny_model_dir, world) -> None:
+    """Exact resume; the two-rank case with length-grouped batches."""
     steps = 30 if world == 1 else 12
+    settings = {"task": {"train_limit": 64}, "train": {"group_by_length": world == 2}}
     ref = dist_config(
-        tmp_path / "ref",
-        tiny_model_dir,
-        world=world,
-        batch=2,
-        steps=steps,
-        task={"train_limit": 64},
+        tmp_path / "ref", tiny_model_dir, world=world, batch=2, steps=steps, **settings
     )
     run = dist_config(
-        tmp_path / "cut",
-        tiny_model_dir,
-        world=world,
-        batch=2,
-        steps=steps,
-        task={"train_limit": 64},
+        tmp_path / "cut", tiny_model_dir, world=world, batch=2, steps=steps, **settings
     )
     stages = ["--stages", "tokenize,shard,train"]
     assert pipeline("run", str(ref), *stages).returncode == 0

@@ -102,3 +102,21 @@ def test_metrics_values() -> None:
     assert METRICS["spearman"]([1, 2, 3], [3, 2, 1]) == pytest.approx(-1.0)
     assert METRICS["pearson"]([1, 1, 1], [1, 2, 3]) == 0.0
     assert not math.isnan(METRICS["mcc"]([1, 1], [1, 1]))
+
+
+@pytest.mark.parametrize(("name", "max_length"), [("sst2", 64), ("boolq", 96), ("copa", 64)])
+def test_rust_backend_path_encodes_like_the_tokenizer_call(
+    name, max_length, data_dir, gemma_tokenizer, monkeypatch
+) -> None:
+    """The tokenize stage calls the Rust backend directly (speed); it must give the ids, the
+    truncation and the choices that ``tokenizer(...)`` gives (BoolQ at 96 truncates most rows)."""
+    import pipeline.tasks.data as data
+
+    assert data.rust_backend(gemma_tokenizer) is not None
+    task = get_task(name)
+    rows, source = load_task_splits(task, data_dir, {"train": 300})["train"]
+    fast = Encoder(task, gemma_tokenizer, max_length).encode(rows, source)
+    monkeypatch.setattr(data, "rust_backend", lambda tokenizer: None)
+    slow = Encoder(task, gemma_tokenizer, max_length).encode(rows, source)
+    assert fast == slow
+    assert (sum(fast["truncated"]) > 100) == (name == "boolq")

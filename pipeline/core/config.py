@@ -120,6 +120,9 @@ class TrainSection(Section):
     log_every: int = Field(10, gt=0)
     checkpoint_every: int = Field(50, gt=0)
     seed: int = 42
+    group_by_length: bool = Field(
+        False, description="Batch rows of similar length (less padding; shard stage)."
+    )
 
     @field_validator("lr", mode="before")
     @classmethod
@@ -185,14 +188,14 @@ class TrackingSection(Section):
 
 class ExportSection(Section):
     fold: bool = Field(False, description="Also write ADePT's folded input-embedding table.")
-    register_model: bool = Field(True, description="Register the adapter in the MLflow registry.")
-    registered_model_name: str | None = Field(None, description="Default: the run name.")
-    alias: str = Field("champion", description="Alias set on the new version.")
     merged: bool = Field(
         False,
         description="Also write a standalone Hugging Face model (PT, ADePT): the prompt as a "
         "prefix of m special tokens, ADePT's FFN folded into the input table.",
     )
+    register_model: bool = Field(True, description="Register the adapter in the MLflow registry.")
+    registered_model_name: str | None = Field(None, description="Default: the run name.")
+    alias: str = Field("champion", description="Alias set on the new version.")
 
     @field_validator("alias")
     @classmethod
@@ -293,11 +296,11 @@ class PipelineConfig(Section):
                 f"export.fold: method {method.method!r} does not fold into the embedding table "
                 "(ADePT does)"
             )
+        if self.export.merged and not method.can_merge:
+            raise ValueError(f"export.merged: method {method.method!r}: {method.why_not_mergeable}")
         if method.lives_in_base and self.model.load_in_8bit and dist.deepspeed:
             raise ValueError(
                 f"method.name {method.method} with model.load_in_8bit and distributed.deepspeed: "
-        if self.export.merged and not method.can_merge:
-            raise ValueError(f"export.merged: method {method.method!r}: {method.why_not_mergeable}")
                 f"the {get_method(method.method).label} weights live inside the int8 base, which "
                 "stays outside the engine; train it on a 16-bit base under ZeRO, or without "
                 "DeepSpeed"

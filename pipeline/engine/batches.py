@@ -6,13 +6,38 @@ from collections.abc import Iterator, Sequence
 
 import numpy as np
 
+GROUP_BATCHES = 50
+"""Global batches per length-sorted mega-batch (``group_by_length`` in transformers uses 50)."""
 
-def interleaved_shards(rows: int, batch_size: int, world_size: int, seed: int) -> list[list[int]]:
+
+def length_grouped(order: np.ndarray, lengths: Sequence[int], group: int) -> np.ndarray:
+    """``order`` cut into consecutive mega-batches of ``group`` rows, each sorted by length
+    (longest first, stable): consecutive rows then have similar lengths, and a batch cut from
+    them little padding, while the mega-batches keep the shuffle's randomness."""
+    lengths = np.asarray(lengths)
+    pieces = [order[i : i + group] for i in range(0, len(order), group)]
+    return np.concatenate([p[np.argsort(-lengths[p], kind="stable")] for p in pieces])
+
+
+def interleaved_shards(
+    rows: int,
+    batch_size: int,
+    world_size: int,
+    seed: int,
+    lengths: Sequence[int] | None = None,
+) -> list[list[int]]:
     """Per-rank row indices such that the k-th batch of every rank together form one global
-    batch: the same rows a single process with batch ``batch_size × world_size`` would see."""
+    batch: the same rows a single process with batch ``batch_size × world_size`` would see.
+
+    ``lengths`` (one per row): group global batches by length (:func:`length_grouped`); the
+    batches stay the same for any split of the global batch over ranks.
+    """
     global_batch = batch_size * world_size
     usable = rows // global_batch * global_batch
-    order = np.random.default_rng(seed).permutation(rows)[:usable].reshape(-1, global_batch)
+    order = np.random.default_rng(seed).permutation(rows)[:usable]
+    if lengths is not None:
+        order = length_grouped(order, lengths, GROUP_BATCHES * global_batch)
+    order = order.reshape(-1, global_batch)
     return [
         order[:, r * batch_size : (r + 1) * batch_size].reshape(-1).tolist()
         for r in range(world_size)
