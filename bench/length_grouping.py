@@ -17,26 +17,20 @@ import tempfile
 from pathlib import Path
 
 import datasets
-import numpy as np
 from common import DATA_DIR, report
 
 from pipeline.core.config import load_config
+from pipeline.engine.batches import pad_fraction
 from pipeline.runner import Runner
 from stages.shard import training_lengths
 
 REPO = Path(__file__).resolve().parents[1]
 
 
-def pad_fraction(run_dir: Path) -> float:
+def shard_pad_fraction(run_dir: Path) -> float:
     shards = json.loads((run_dir / "shard" / "shards.json").read_text())
     train = datasets.load_from_disk(str(run_dir / "tokenize" / "train"))
-    lengths, batch = np.asarray(training_lengths(train)), shards["batch_size"]
-    padded = real = 0
-    for shard in shards["shards"]:
-        for start in range(0, len(shard), batch):
-            rows = lengths[shard[start : start + batch]]
-            padded, real = padded + rows.max() * len(rows), real + rows.sum()
-    return float(1 - real / padded)
+    return pad_fraction(shards["shards"], training_lengths(train), shards["batch_size"])
 
 
 def train_once(root: Path, grouped: bool, steps: int) -> dict[str, float]:
@@ -54,7 +48,7 @@ def train_once(root: Path, grouped: bool, steps: int) -> dict[str, float]:
     runner.run(("tokenize", "shard", "train"))
     summary = json.loads((config.run_dir / "train" / "train_summary.json").read_text())
     return {
-        "pad_fraction": round(pad_fraction(config.run_dir), 4),
+        "pad_fraction": round(shard_pad_fraction(config.run_dir), 4),
         "seconds_per_step": summary["seconds_per_step"],
         "dev_accuracy": summary["best_dev_accuracy"],
     }

@@ -33,8 +33,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from pipeline.tasks import get_task, load_task_splits  # noqa: E402
-from tests.helpers import free_port, http_service  # noqa: E402
-from tests.test_merge import post_json  # noqa: E402
+from tests.helpers import free_port, http_service, post_json  # noqa: E402
 
 
 def merged_agreement(run_dir: Path) -> dict[str, float]:

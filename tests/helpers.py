@@ -11,6 +11,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -265,6 +266,16 @@ def mlflow_server(root: Path, timeout: float = 90.0, port: int | None = None) ->
     uri = f"http://127.0.0.1:{port}"
     with http_service(command, root / "mlflow-server.log", f"{uri}/health", timeout):
         yield uri
+
+
+def post_json(url: str, body: bytes) -> tuple[int, str]:
+    """POST a JSON body; (status, response text), HTTP errors included."""
+    request = urllib.request.Request(url, body, {"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=120) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as error:
+        return error.code, error.read().decode()
 
 
 GOOD_RTE = '{"premise": "A man sleeps.", "hypothesis": "A man rests.", "label": "entailment"}\n'

@@ -5,18 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pipeline.engine.batches import GROUP_BATCHES, interleaved_shards, length_grouped
-
-
-def pad_fraction(shards: list[list[int]], lengths: np.ndarray, batch: int) -> float:
-    """Padded share of all micro-batch tokens (each micro batch padded to its longest row)."""
-    padded = real = 0
-    for shard in shards:
-        for start in range(0, len(shard), batch):
-            rows = lengths[shard[start : start + batch]]
-            padded += rows.max() * len(rows)
-            real += rows.sum()
-    return 1 - real / padded
+from pipeline.engine.batches import (
+    GROUP_BATCHES,
+    interleaved_shards,
+    length_grouped,
+    pad_fraction,
+)
 
 
 @pytest.fixture

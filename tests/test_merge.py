@@ -25,6 +25,7 @@ from tests.helpers import (
     http_service,
     perturb,
     pipeline,
+    post_json,
     tiny_gemma,
     write_boolq_rows,
     write_config,
@@ -233,18 +234,6 @@ def test_merged_model_is_logged_with_the_transformers_flavour(merged_run) -> Non
     assert flavours["transformers"]["task"] == "text-generation"
     pyfunc_bundle = client.list_artifacts(run_id, f"model-{config_hash}/artifacts/export")
     assert pyfunc_bundle and not any(a.path.endswith("/merged") for a in pyfunc_bundle)
-
-
-def post_json(url: str, body: bytes) -> tuple[int, str]:
-    import urllib.error
-    import urllib.request
-
-    request = urllib.request.Request(url, body, {"Content-Type": "application/json"})
-    try:
-        with urllib.request.urlopen(request, timeout=120) as response:
-            return response.status, response.read().decode()
-    except urllib.error.HTTPError as error:
-        return error.code, error.read().decode()
 
 
 def test_rest_serving_from_the_registry_answers_invocations(merged_run, tmp_path, data_dir):

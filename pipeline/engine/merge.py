@@ -50,7 +50,7 @@ class PromptTokens:
     tokens: list[str]
     ids: list[int]
     reserved: bool  # reused tokens the vocabulary already had (head rows unchanged)
-    tokenizer_adds_prefix: bool = False  # plain tokenizer(text) puts them first by itself
+    tokenizer_adds_prefix: bool = False  # the saved tokenizer(text) puts them first by itself
 
     @property
     def text(self) -> str:
@@ -84,12 +84,12 @@ def embedding_scale(embedding: nn.Module) -> torch.Tensor:
     return scale
 
 
-def install_prefix_template(tokenizer: Any, tokens: list[str]) -> bool:
-    """Make ``tokenizer(text)`` emit ``tokens`` before the specials it already adds; False when
-    the tokenizer has no rewritable template (a slow tokenizer)."""
+def install_prefix_template(tokenizer: Any, tokens: list[str]) -> None:
+    """Make ``tokenizer(text)`` emit ``tokens`` before the specials it already adds (a slow
+    tokenizer has no template to rewrite: :func:`save_merged` records whether it took)."""
     backend = getattr(tokenizer, "_tokenizer", None)
     if backend is None:
-        return False
+        return
     from tokenizers import Tokenizer, processors
 
     with_specials = tokenizer("a")["input_ids"]
@@ -112,8 +112,6 @@ def install_prefix_template(tokenizer: Any, tokens: list[str]) -> bool:
     else:
         state["post_processor"] = new
     tokenizer._tokenizer = Tokenizer.from_str(json.dumps(state))
-    ids = tokenizer.convert_tokens_to_ids(tokens)
-    return tokenizer("a")["input_ids"][: len(tokens)] == ids
 
 
 @torch.no_grad()
@@ -153,8 +151,8 @@ def merge_adapter(model: SoftPromptModel, tokenizer: Any) -> PromptTokens:
     for config in {id(c): c for c in (base.config, base.config.get_text_config())}.values():
         config.vocab_size = table.shape[0]
         config.tie_word_embeddings = False
-    adds = install_prefix_template(tokenizer, tokens)
-    return PromptTokens(tokens, ids, reserved, tokenizer_adds_prefix=adds)
+    install_prefix_template(tokenizer, tokens)
+    return PromptTokens(tokens, ids, reserved)
 
 
 def save_merged(
