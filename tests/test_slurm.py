@@ -256,6 +256,11 @@ def listening_addresses(port: int) -> set[str]:
     return found
 
 
+def job_process_running(command_line: str) -> bool:
+    """Whether a process with exactly this command line exists."""
+    return subprocess.run(["pgrep", "-f", f"^{command_line}$"], capture_output=True).returncode == 0
+
+
 def test_daemons_listen_on_loopback_and_down_leaves_nothing_running(slurm, tmp_path) -> None:
     """slurmctld and slurmd bind 127.0.0.1 (not 0.0.0.0); `down` with a job running cancels it
     and returns with no daemon, slurmstepd or job process left. Runs last: it stops the cluster
@@ -264,10 +269,13 @@ def test_daemons_listen_on_loopback_and_down_leaves_nothing_running(slurm, tmp_p
     assert listening_addresses(6818) == {"127.0.0.1"}
     marker = f"sleep 3{os.getpid() % 1000:03d}"  # a command line only this job runs
     job = sbatch(slurm, "-o", str(tmp_path / "job.out"), "--wrap", marker).stdout.strip()
+    # RUNNING is reported once the node is allocated, a moment before slurmstepd has started the
+    # batch script: wait for the job's own process, not only for the state.
     deadline = time.monotonic() + 60
-    while job_states(job, slurm) != ["RUNNING"] and time.monotonic() < deadline:
+    while not job_process_running(marker) and time.monotonic() < deadline:
         time.sleep(0.5)
-    assert subprocess.run(["pgrep", "-f", f"^{marker}$"], capture_output=True).returncode == 0
+    assert job_states(job, slurm) == ["RUNNING"]
+    assert job_process_running(marker)
     script = str(REPO / "scripts" / "slurm_cluster.sh")
     assert subprocess.run(["bash", script, "down"], timeout=120).returncode == 0
     left = subprocess.run(
