@@ -64,6 +64,30 @@ def test_truncation_shortens_passage_only(data_dir, gemma_tokenizer) -> None:
         assert text.endswith(f"\nQuestion: {row['question']}?\nAnswer:")  # question kept whole
 
 
+@pytest.mark.parametrize("splice", [True, False])
+def test_truncated_ids_are_the_tokenization_of_the_shortened_text(
+    splice, data_dir, gemma_tokenizer, monkeypatch
+) -> None:
+    """Truncation splices ids (tokens before the cut + the context's tokens after the passage),
+    checked around the cut; without the splice (a failed check) rows are re-tokenized. Either
+    way a truncated row's ids are exactly what the tokenizer gives for its text, and the spliced
+    ones fill the budget (96 minus the longest answer's tokens) to the token."""
+    task = get_task("boolq")
+    rows, source = load_task_splits(task, data_dir, {"train": 200})["train"]
+    if not splice:
+        monkeypatch.setattr(Encoder, "_splice", lambda self, *args: {})
+    encoded = Encoder(task, gemma_tokenizer, 96).encode(rows, source)
+    truncated = [i for i, cut in enumerate(encoded["truncated"]) if cut]
+    assert len(truncated) > 100
+    budget = 96 - max(len(c) for c in encoded["choice_ids"][0])
+    for i in truncated:
+        ids = encoded["context_ids"][i]
+        text = gemma_tokenizer.decode(ids, skip_special_tokens=True)
+        assert gemma_tokenizer(text)["input_ids"] == ids
+        assert str(rows[i]["passage"]).startswith(text.split("\nQuestion: ")[0])
+        assert len(ids) == budget if splice else budget - 1 <= len(ids) <= budget
+
+
 def test_template_longer_than_max_length(data_dir, gemma_tokenizer) -> None:
     task = get_task("boolq")
     rows, source = load_task_splits(task, data_dir, {"train": 2})["train"]

@@ -118,11 +118,22 @@ class Encoder:
         return self._choice_cache[text]
 
     def _fit(
-        self, rows: list[Row], encoded: list[Any], budgets: list[int], source: str
+        self,
+        rows: list[Row],
+        context_texts: list[str],
+        encoded: list[Any],
+        budgets: list[int],
+        source: str,
     ) -> list[list[int]]:
-        """Shorten the truncate field of every over-long row. The cut comes from the context's
-        own offsets (the field's tokens inside it), so each round re-tokenizes only the
-        shortened contexts, all rows still too long in one batched call."""
+        """Shorten the truncate field of every over-long row to fit its budget.
+
+        The cut comes from the context's own offsets (the field's tokens inside it). First the
+        ids are spliced: the tokens before the cut, then the context's tokens after the field,
+        which is what re-tokenizing the shortened text gives unless tokens merge across the
+        cut; a few tokens either side of the cut are re-tokenized (batched) to check that.
+        Rows that fail the check are re-tokenized whole, all such rows in one batched call per
+        round.
+        """
         contexts = [e.ids for e in encoded]
         pending = [i for i, ids in enumerate(contexts) if len(ids) > budgets[i]]
         if not pending:
@@ -138,24 +149,76 @@ class Encoder:
         head = self.task.template.split("{" + field + "}")[0]  # the template before the field
         texts = {i: str(rows[i][field]) for i in pending}
         current = {i: encoded[i] for i in pending}
-        for _ in range(4):
+
+        def cut(i: int, slack: int) -> tuple[int, int | None, str]:
+            """(index of the last kept token, index of the first token after the field or None
+            when a token straddles the field's end, the shortened field text)."""
+            start = len(head.format(**{**rows[i], field: texts[i]}))
+            end = start + len(texts[i])
+            offsets = current[i].offsets
+            inside = [j for j, (a, b) in enumerate(offsets) if b > start and a < end]
+            keep = len(inside) - (len(contexts[i]) - budgets[i]) - slack
+            if keep <= 0:
+                self._too_short(rows[i], field, budgets[i], source)
+            last_kept = inside[keep - 1]
+            first_after = inside[-1] + 1 if offsets[inside[-1]][1] == end else None
+            return last_kept, first_after, texts[i][: offsets[last_kept][1] - start]
+
+        cuts = {i: cut(i, slack=0) for i in pending}
+        spliced = self._splice(
+            {i: context_texts[i] for i in pending},
+            {i: encoded[i] for i in pending},
+            {i: (last, after) for i, (last, after, _) in cuts.items() if after is not None},
+        )
+        for i, ids in spliced.items():
+            contexts[i] = ids
+        pending = [i for i in pending if i not in spliced]
+        for _ in range(4):  # re-tokenized text may grow at the cut: one token of slack per round
+            if not pending:
+                return contexts
             for i in pending:
-                ids, offsets = current[i].ids, current[i].offsets
-                start = len(head.format(**{**rows[i], field: texts[i]}))
-                end = start + len(texts[i])
-                inside = [j for j, (a, b) in enumerate(offsets) if b > start and a < end]
-                keep = len(inside) - (len(ids) - budgets[i]) - 1
-                if keep <= 0:
-                    self._too_short(rows[i], field, budgets[i], source)
-                texts[i] = texts[i][: offsets[inside[keep - 1]][1] - start]
+                texts[i] = cut(i, slack=1)[2]
             shortened = [self.task.context({**rows[i], field: texts[i]}) for i in pending]
             for i, again in zip(pending, encode_batch(self.tokenizer, shortened), strict=True):
                 current[i], contexts[i] = again, again.ids
             pending = [i for i in pending if len(contexts[i]) > budgets[i]]
-            if not pending:
-                return contexts
+        if not pending:
+            return contexts
         line = rows[pending[0]].get("_line", "?")
         raise DataError(f"{source}: line {line}: could not truncate {field} to fit")
+
+    def _splice(
+        self,
+        contexts: dict[int, str],
+        encoded: dict[int, Any],
+        cuts: dict[int, tuple[int, int]],
+        margin: int = 3,
+    ) -> dict[int, list[int]]:
+        """{row: ids} for the rows where dropping the context's tokens between ``last_kept`` and
+        ``first_after`` gives the tokenization of the shortened text: checked by re-tokenizing
+        ``margin`` tokens either side of the cut together (one batched call) and getting the
+        same tokens back. Windows touching a special token are not tried."""
+        windows, expected = {}, {}
+        for i, (last_kept, first_after) in cuts.items():
+            ids, offsets = encoded[i].ids, encoded[i].offsets
+            lo, hi = last_kept - margin + 1, min(first_after + margin, len(ids))
+            if lo < 0 or first_after >= hi or any(a == b for a, b in offsets[lo:hi]):
+                continue
+            text = contexts[i]
+            windows[i] = (
+                text[offsets[lo][0] : offsets[last_kept][1]]
+                + text[offsets[first_after][0] : offsets[hi - 1][1]]
+            )
+            expected[i] = ids[lo : last_kept + 1] + ids[first_after:hi]
+        if not windows:
+            return {}
+        rows = list(windows)
+        again = token_ids(self.tokenizer, [windows[i] for i in rows], add_special_tokens=False)
+        return {
+            i: encoded[i].ids[: cuts[i][0] + 1] + encoded[i].ids[cuts[i][1] :]
+            for i, window_ids in zip(rows, again, strict=True)
+            if window_ids == expected[i]
+        }
 
     def _too_short(self, row: Row, field: str, budget: int, source: str) -> None:
         empty = token_ids(self.tokenizer, [self.task.context({**row, field: ""})])[0]
@@ -168,14 +231,15 @@ class Encoder:
     def encode(self, rows: list[Row], source: str, labelled: bool = True) -> dict[str, list]:
         """Token ids per row; ``labelled=False`` (prediction) gives label -1 and gold NaN."""
         rows = [self.task.normalise(r, source, labelled) for r in rows]
-        encoded = encode_batch(self.tokenizer, [self.task.context(r) for r in rows])
+        context_texts = [self.task.context(r) for r in rows]
+        encoded = encode_batch(self.tokenizer, context_texts)
         contexts = [e.ids for e in encoded]
         out: dict[str, list] = {
             k: [] for k in ("context_ids", "choice_ids", "label", "gold", "truncated")
         }
         choices = [[self.choice_ids(c) for c in self.task.choices_for(r)] for r in rows]
         budgets = [self.max_length - max(len(c) for c in row_choices) for row_choices in choices]
-        fitted_contexts = self._fit(rows, encoded, budgets, source)
+        fitted_contexts = self._fit(rows, context_texts, encoded, budgets, source)
         for row, context_ids, fitted, row_choices in zip(
             rows, contexts, fitted_contexts, choices, strict=True
         ):
