@@ -149,6 +149,26 @@ def load_base(config: PipelineConfig, dims: dict, checkpoint: str | None, world:
         return AutoModelForCausalLM.from_config(LlamaConfig(**dims), dtype=torch.bfloat16).eval()
 
 
+def anon_rss_mb() -> float:
+    """Resident anonymous memory (what the OOM killer counts; RSS adds mapped file pages)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("RssAnon:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def progress(rank: int, what: str) -> None:
+    """A line on stderr per phase (rank 0), with this rank's peak RSS so far."""
+    if rank == 0:
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+        anon = anon_rss_mb() / 1024
+        print(
+            f"[scale] {what}; peak RSS {peak:.2f} GB, anon now {anon:.2f} GB",
+            file=sys.stderr,
+            flush=True,
+        )
+
+
 def worker(args: argparse.Namespace, dims: dict) -> None:
     init_process_group()
     rank, world, _ = dist_env()
@@ -159,11 +179,17 @@ def worker(args: argparse.Namespace, dims: dict) -> None:
             "model": {"dtype": "bfloat16", "load_in_8bit": int8},
             "method": {"name": "adept", "num_virtual_tokens": 60, "budget_tokens": 100},
             "train": {"batch_size": 1, "steps": args.steps, "warmup_steps": 0},
-            "distributed": {"deepspeed": True, "zero_stage": 3, "nproc_per_node": world},
+            "distributed": {
+                "deepspeed": True,
+                "zero_stage": 3,
+                "nproc_per_node": world,
+                "ds_config": args.ds_config,
+            },
         }
     )
     torch.manual_seed(0)
     base = load_base(config, dims, args.checkpoint, world)
+    progress(rank, "base loaded")
     base.requires_grad_(False)
     held = [getattr(p, "ds_tensor", p) for p in base.parameters()]
     total = sum(getattr(p, "ds_numel", p.numel()) for p in base.parameters())
@@ -177,13 +203,16 @@ def worker(args: argparse.Namespace, dims: dict) -> None:
     batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": labels}
     modes = (True, False) if args.compare_prefix else (model.shared_prefix,)
     times: dict[bool, list[float]] = {mode: [] for mode in modes}
+    progress(rank, "engine built")
     losses = [backend.train_step([batch])[0]]  # warm-up (first gathers, allocator)
+    progress(rank, f"warm-up step: loss {losses[0]:.4f}")
     for _ in range(args.steps):
         for mode in modes:  # round-robin, so load drift hits both paths alike
             backend.module.shared_prefix = mode
             start = time.perf_counter()
             losses.append(backend.train_step([batch])[0])
             times[mode].append(time.perf_counter() - start)
+            progress(rank, f"step: loss {losses[-1]:.4f}, {times[mode][-1]:.1f} s")
     Path(os.environ["SCALE_OUT"], f"rank{rank}.json").write_text(
         json.dumps(
             {
@@ -198,6 +227,7 @@ def worker(args: argparse.Namespace, dims: dict) -> None:
                 "optimizer_state_bytes": optimizer_state_bytes(backend),
                 "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
                 "rss_now_mb": psutil.Process().memory_info().rss / 2**20,
+                "anon_rss_now_mb": anon_rss_mb(),  # without file pages (mmap'd checkpoint)
                 "batch": args.batch,
                 "losses": losses,
                 **{
@@ -230,13 +260,15 @@ def launch(nproc: int, args: argparse.Namespace) -> list[dict]:
         args.dims,
         "--mode",
         args.mode,
+        *(["--layers", str(args.layers)] if args.layers else []),
+        *(["--ds-config", args.ds_config] if args.ds_config else []),
         *(["--checkpoint", args.checkpoint] if args.checkpoint else []),
         *(["--compare-prefix"] if args.compare_prefix else []),
     ]
     with tempfile.TemporaryDirectory() as out:
-        proc = subprocess.run(cmd, env={**env, "SCALE_OUT": out}, capture_output=True, text=True)
+        proc = subprocess.run(cmd, env={**env, "SCALE_OUT": out}, stdout=subprocess.PIPE, text=True)
         if proc.returncode:
-            raise SystemExit(f"{nproc}-rank run failed:\n{proc.stderr[-3000:]}")
+            raise SystemExit(f"{nproc}-rank run failed (exit {proc.returncode}; see stderr)")
         return [json.loads(f.read_text()) for f in sorted(Path(out).glob("rank*.json"))]
 
 
@@ -257,8 +289,16 @@ def main() -> None:
     )
     parser.add_argument("--checkpoint", help="load the base from here (written if missing)")
     parser.add_argument("--worlds", default="1,2", help="world sizes to run, e.g. 2")
+    parser.add_argument(
+        "--layers", type=int, help="override the number of decoder layers (find what fits)"
+    )
+    parser.add_argument(
+        "--ds-config", help="DeepSpeed JSON (ds_configs/); 7B on 24 GB: zero3_low_memory.json"
+    )
     args = parser.parse_args()
     dims = ALL_DIMS[args.dims]
+    if args.layers:
+        dims = {**dims, "num_hidden_layers": args.layers}
     if args.worker:
         return worker(args, dims)
     if args.checkpoint and not Path(args.checkpoint).exists():
@@ -278,7 +318,7 @@ def main() -> None:
     timed = [k for k in rows[0] if k.startswith("seconds_per_step")]
     print(
         "\n| world | mode | rank | params | trainable | frozen held (elements, MB) | "
-        "optimiser state MB | peak RSS MB | RSS after steps MB | "
+        "optimiser state MB | peak RSS MB | RSS (anon) after steps MB | "
         + " | ".join(k.replace("seconds_per_step", "s/step") for k in timed)
         + " | loss first → last |"
     )
@@ -288,7 +328,7 @@ def main() -> None:
             f"| {r['world']} | {r['mode']} | {r['rank']} | {r['parameters']:,} | "
             f"{r['trainable']:,} | {r['frozen_elements_held']:,} ({r['fraction_held']:.3f}), "
             f"{r['frozen_bytes_held'] / 2**20:,.0f} | {r['optimizer_state_bytes'] / 2**20:.2f} | "
-            f"{r['peak_rss_mb']:,.0f} | {r['rss_now_mb']:,.0f} | "
+            f"{r['peak_rss_mb']:,.0f} | {r['rss_now_mb']:,.0f} ({r['anon_rss_now_mb']:,.0f}) | "
             + " | ".join(f"{r[k]:.2f}" for k in timed)
             + f" | {r['losses'][0]:.4f} → {r['losses'][-1]:.4f} |"
         )
