@@ -23,14 +23,13 @@ from pipeline.core.stage import RunContext, Stage
 from pipeline.engine.evaluation import evaluate_dataset
 from pipeline.engine.models import context_base_model, context_tokenizer
 from pipeline.methods import SoftPromptModel, ZeroShot
-from pipeline.tasks import get_task
 
 METRICS, TIMING, PREDICTIONS = "metrics.json", "timing.json", "predictions.jsonl"
 
 
 def run(ctx: RunContext) -> dict[str, Any]:
     cfg = ctx.config
-    task = get_task(cfg.task.name)
+    task = cfg.task.definition()
     tokenizer, base = context_tokenizer(ctx), context_base_model(ctx)
     test = datasets.load_from_disk(str(ctx.input_dir("tokenize") / "test"))
     adapter_dir = ctx.input_dir("train") / "best_adapter"

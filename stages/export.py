@@ -30,7 +30,6 @@ from pipeline.engine.merge import MERGED_DIR, merge_adapter, model_card, save_me
 from pipeline.engine.models import context_base_model, load_model, load_tokenizer
 from pipeline.engine.predict import TASK_FILE
 from pipeline.methods import SoftPromptModel
-from pipeline.tasks import get_task
 
 ADAPTER, FOLDED_FILE, REGISTERED = "adapter", "folded_embeddings.safetensors", "registered.json"
 
@@ -59,15 +58,16 @@ def write_merged(ctx: RunContext, adapter_src: Path, description: dict[str, Any]
 
 def run(ctx: RunContext) -> dict[str, Any]:
     cfg = ctx.config
-    task = get_task(cfg.task.name)
+    task = cfg.task.definition()
     adapter_src = ctx.input_dir("train") / "best_adapter"
     shutil.copytree(adapter_src, ctx.work_dir / ADAPTER)
     metrics = json.loads((ctx.input_dir("evaluate") / "metrics.json").read_text())
     description = {
         "task": task.name,
         "template": task.template,
-        "fields": list(task.fields),
+        "fields": [*task.required_fields, *task.choice_fields],
         "choices": list(task.choices),
+        "task_spec": task.model_dump(mode="json"),  # the declaration: predict needs no registry
         "max_length": cfg.task.max_length,
         # a local model path resolved, so `pipeline predict` works from any directory
         "model": {**cfg.model.model_dump(exclude={"hub_token"}), "source": model_reference(cfg)},

@@ -19,14 +19,14 @@ import datasets
 from pipeline.core.files import write_json_atomic
 from pipeline.core.stage import RunContext, Stage
 from pipeline.engine.models import context_tokenizer
-from pipeline.tasks import Encoder, get_task, load_task_splits
+from pipeline.tasks import Encoder, load_task_splits
 
 SPLITS, STATS = ("train", "dev", "test"), "stats.json"
 
 
 def run(ctx: RunContext) -> dict[str, Any]:
     cfg = ctx.config
-    task = get_task(cfg.task.name)
+    task = cfg.task.definition()
     limits = {"train": cfg.task.train_limit, "dev": cfg.task.dev_limit, "test": cfg.task.test_limit}
     splits = load_task_splits(task, cfg.data_dir(), limits)
     encoder = Encoder(task, context_tokenizer(ctx), cfg.task.max_length)

@@ -44,7 +44,7 @@ from pipeline.engine.models import context_tokenizer
 from pipeline.engine.scoring import training_batch
 from pipeline.launch.signals import StopFlag, clear_marker, mark_preempted
 from pipeline.methods import wrap
-from pipeline.tasks import Task, get_task
+from pipeline.tasks import Task
 from pipeline.tracking.plots import loss_curve
 
 log = logging.getLogger(__name__)
@@ -129,7 +129,7 @@ def setup(ctx: RunContext) -> Trainer:
     scratch = ctx.scratch_dir()
     return Trainer(
         ctx=ctx,
-        task=get_task(cfg.task.name),
+        task=cfg.task.definition(),
         rank=rank,
         world=world,
         model=model,

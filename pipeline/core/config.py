@@ -17,8 +17,6 @@ from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import (
-    BaseModel,
-    ConfigDict,
     Field,
     ValidationError,
     field_serializer,
@@ -33,6 +31,8 @@ from ..methods import (
     get_method,
     section_from_config,
 )
+from .section import Section
+from .task_section import TaskSection, task_file_beside
 from .yaml_files import (
     ConfigError,
     apply_overrides,
@@ -42,21 +42,6 @@ from .yaml_files import (
 )
 
 DEFAULT_METHOD = {"name": "adept"}
-
-
-NUMBER_TYPES = (int, float, int | None, float | None)
-
-
-class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
-
-    @field_validator("*", mode="before")
-    @classmethod
-    def _no_bool_numbers(cls, value: Any, info) -> Any:
-        """``steps: true`` is a mistake, not 1 (pydantic's lax mode would take it)."""
-        if isinstance(value, bool) and cls.model_fields[info.field_name].annotation in NUMBER_TYPES:
-            raise ValueError(f"expected a number, got {str(value).lower()}")
-        return value
 
 
 class ModelSection(Section):
@@ -80,28 +65,6 @@ class ModelSection(Section):
     def shared_prefix_in_evaluation(self) -> bool:
         """Evaluation and prediction run in one process: on unless turned off."""
         return self.shared_prefix is not False
-
-
-class TaskSection(Section):
-    name: str = Field("boolq", description="A task from pipeline/tasks/registry.py.")
-    data_dir: str | None = Field(
-        None,
-        description="Local data root laid out like shared/data; else $PIPELINE_DATA_DIR, "
-        "else the Hugging Face hub.",
-    )
-    max_length: int = Field(256, gt=0, description="Max input tokens (context + answer).")
-    train_limit: int | None = Field(None, gt=0)
-    dev_limit: int | None = Field(None, gt=0)
-    test_limit: int | None = Field(None, gt=0)
-
-    @field_validator("name")
-    @classmethod
-    def _known_task(cls, value: str) -> str:
-        from ..tasks import TASKS
-
-        if value not in TASKS:
-            raise ValueError(f"unknown task {value!r}; known: {', '.join(sorted(TASKS))}")
-        return value
 
 
 class TrainSection(Section):
@@ -382,6 +345,7 @@ def load_config(
             )
         data = apply_overrides(data, variants[variant])
         data["variant"] = f"v{variant:03d}"
+    data = task_file_beside(data, path.parent)
     data = apply_overrides(data, overrides or [])
     try:
         return PipelineConfig.model_validate(data)

@@ -13,6 +13,7 @@ import yaml
 from pydantic import ValidationError
 
 from ..methods import MethodConfigError
+from ..tasks import TaskDeclarationError
 
 # keys that moved: the error for the old key names the new one
 RENAMED_KEYS = {
@@ -98,7 +99,7 @@ def format_validation_error(exc: ValidationError, source: str) -> str:
     for err in exc.errors():
         path = ".".join(str(p) for p in err["loc"]) or "(top level)"
         cause = err.get("ctx", {}).get("error")
-        if isinstance(cause, MethodConfigError):
+        if isinstance(cause, MethodConfigError | TaskDeclarationError):  # names its key path
             lines.append(str(cause))
         elif err["type"] == "extra_forbidden" and path in RENAMED_KEYS:
             lines.append(f"{path}: renamed to {RENAMED_KEYS[path]}")

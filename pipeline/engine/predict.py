@@ -8,7 +8,7 @@ from typing import Any
 from ..core.config import ModelSection
 from ..core.files import load_json
 from ..methods import ADAPTER_WEIGHTS_NAME, SoftPromptModel
-from ..tasks import Encoder, get_task
+from ..tasks import Encoder, get_task, parse_task
 from .evaluation import predict_from_scores
 from .model_checks import check_safetensors
 from .models import load_model, load_tokenizer
@@ -39,7 +39,11 @@ class Predictor:
         SoftPromptModel.read_adapter_config(self.export_dir / "adapter")  # before the base loads
         model_cfg = ModelSection.model_validate(self.description["model"])
         source = model_cfg.source
-        self.task = get_task(self.description["task"])
+        self.task = (  # exports before task declarations named a built-in task only
+            parse_task(self.description["task_spec"], f"{self.export_dir / TASK_FILE}: task_spec")
+            if "task_spec" in self.description
+            else get_task(self.description["task"])
+        )
         self.tokenizer = load_tokenizer(source)
         base = load_model(source, model_cfg.dtype, model_cfg.attention, model_cfg.load_in_8bit)
         self.model = SoftPromptModel.from_pretrained(

@@ -1,59 +1,170 @@
-"""What a task is: files, template, verbaliser, label mapping, metrics and split protocol."""
+"""What a task is, declared as data: files, template, choices, labels, metrics, split protocol.
+
+A task is a YAML mapping validated by :class:`Task` (the built-in ones live in
+``pipeline/tasks/builtin/*.yaml``; a run config names one, points at a file, or declares one
+inline). Templates are ``str.format`` strings over the row's fields; the rare computed field
+(COPA's connector) is a Jinja expression under ``derive``.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+import string
+from collections.abc import Sequence
+from functools import cached_property
 from pathlib import Path
 from typing import Any, Literal
 
-from .readers import DataError, read_jsonl, read_tsv, require_fields, require_text
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from .readers import DataError, read_rows, require_fields, require_text
 
 Row = dict[str, Any]
+FieldNames = str | list[str]
 
 
-@dataclass(frozen=True)
-class DataFile:
-    """A split's file under the data root; ``columns`` for header-less TSV; ``rename`` fields."""
+def first_present(row: Row, names: FieldNames) -> Any:
+    """The value of the first of ``names`` the row has (KeyError naming them all if none)."""
+    for name in [names] if isinstance(names, str) else names:
+        if name in row:
+            return row[name]
+    raise KeyError(names)
 
-    path: str
-    columns: tuple[str, ...] | None = None
-    rename: Mapping[str, str] = field(default_factory=dict)
 
-    def read(self, root: Path) -> list[Row]:
-        full = root / self.path
-        rows = read_jsonl(full) if full.suffix == ".jsonl" else read_tsv(full, self.columns)
+def label_key(value: Any) -> str:
+    """Label values compare as text: JSON ``true``, TSV ``"True"`` and YAML ``True`` agree."""
+    return str(value).strip()
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DataFile(Strict):
+    """A split's file: relative to the data directory, or absolute."""
+
+    path: str = Field(description="JSONL/JSON, CSV, TSV or Parquet file (by suffix).")
+    columns: tuple[str, ...] | None = Field(None, description="Header-less CSV/TSV columns.")
+    rename: dict[str, str] = Field(default_factory=dict, description="Field renames on read.")
+
+    def location(self, root: Path | None) -> Path:
+        path = Path(self.path).expanduser()
+        if path.is_absolute() or root is None:
+            return path
+        return root / path
+
+    def read(self, root: Path | None) -> list[Row]:
+        rows = read_rows(self.location(root), self.columns)
         if self.rename:
             rows = [{self.rename.get(k, k): v for k, v in row.items()} for row in rows]
         return rows
 
 
-@dataclass(frozen=True)
-class Task:
+class Hub(Strict):
+    path: str = Field(description="Hugging Face dataset id.")
+    name: str | None = Field(None, description="Its configuration name.")
+
+
+class Label(Strict):
+    field: FieldNames = Field(description="The label's field (the first of a list present).")
+    map: dict[str, int] | None = Field(
+        None, description="Raw value (as text) → choice index; absent: the value is the index."
+    )
+    round: bool = Field(False, description="Round a numeric value to the nearest index.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _text_keys(cls, data: Any) -> Any:
+        if isinstance(data, dict) and isinstance(data.get("map"), dict):
+            data = {**data, "map": {label_key(k): v for k, v in data["map"].items()}}
+        return data
+
+
+class Task(Strict):
     """A rank-classification task: the model scores each choice continuation after the context.
 
-    ``template`` is a ``str.format`` string over the row's fields. ``choices`` is the fixed
-    verbaliser, or ``row_choices`` gives per-row choices (COPA). ``label_map`` maps the raw value
-    of ``label_field`` to a choice index; ``choice_values`` turns the choice distribution into a
-    number for regression tasks (STS-B: expected score).
+    ``protocol`` is the paper's split rule: ``small`` halves the validation file into dev and
+    test; ``large`` holds 1,000 training rows out as dev and tests on validation; ``explicit``
+    reads ``train``, ``dev`` and ``test`` files as given.
     """
 
-    name: str
-    template: str
-    fields: tuple[str, ...]
-    label_field: str | None
-    metrics: tuple[str, ...]
-    protocol: Literal["small", "large"]
-    files: Mapping[str, DataFile]
-    hub: tuple[str, str | None]
-    choices: tuple[str, ...] = ()
-    label_map: Mapping[Any, int] | None = None
-    truncate_field: str | None = None
-    row_choices: Callable[[Row], list[str]] | None = None
-    prepare: Callable[[Row], Row] | None = None
-    choice_values: tuple[float, ...] | None = None
-    gold_value: Callable[[Row], float] | None = None
-    label_fn: Callable[[Row], Any] | None = None
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$", description="The task's name.")
+    template: str = Field(description="str.format template over the row's fields.")
+    fields: tuple[str, ...] = Field(
+        (), description="Text fields every row must have (default: the template's fields)."
+    )
+    derive: dict[str, str] = Field(
+        default_factory=dict, description="Computed fields: name → Jinja expression over the row."
+    )
+    allowed: dict[str, list[str]] = Field(
+        default_factory=dict, description="Fields restricted to a set of values."
+    )
+    choices: tuple[str, ...] = Field((), description="The fixed verbaliser (one per class).")
+    choice_fields: tuple[str, ...] = Field(
+        (), description="Per-row choices: one field per choice (COPA)."
+    )
+    choice_template: str = Field(
+        "{{ choice }}", description="Jinja template of a per-row choice over ``choice``."
+    )
+    label: Label
+    gold: FieldNames | None = Field(None, description="Numeric gold value (regression).")
+    choice_values: tuple[float, ...] | None = Field(
+        None, description="Each choice's number: the prediction is the expected value."
+    )
+    metrics: tuple[str, ...] = Field(min_length=1)
+    protocol: Literal["small", "large", "explicit"]
+    files: dict[str, DataFile]
+    hub: Hub | None = None
+    truncate_field: str | None = Field(
+        None, description="The field shortened when a row is too long (never the question)."
+    )
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Task:
+        from .metrics import METRICS
+
+        explicit = self.protocol == "explicit"
+        wanted = ("train", "dev", "test") if explicit else ("train", "validation")
+        missing = [split for split in wanted if split not in self.files]
+        extra = [split for split in self.files if split not in wanted]
+        if missing or extra:
+            raise ValueError(
+                f"files: protocol {self.protocol} needs exactly {list(wanted)} "
+                f"(missing {missing}, unexpected {extra})"
+            )
+        if bool(self.choices) == bool(self.choice_fields):
+            raise ValueError("give either choices (fixed) or choice_fields (per row)")
+        unknown = [m for m in self.metrics if m not in METRICS]
+        if unknown:
+            raise ValueError(f"metrics: unknown {unknown}; known: {sorted(METRICS)}")
+        if self.choice_values is not None and len(self.choice_values) != len(self.choices):
+            raise ValueError("choice_values: one number per choice")
+        if self.truncate_field is not None and self.truncate_field not in self.template_fields:
+            raise ValueError(f"truncate_field: {self.truncate_field!r} is not in the template")
+        return self
+
+    @cached_property
+    def template_fields(self) -> tuple[str, ...]:
+        try:
+            names = [f for _, f, _, _ in string.Formatter().parse(self.template) if f]
+        except ValueError as exc:
+            raise ValueError(f"template: {exc}") from None
+        return tuple(dict.fromkeys(names))
+
+    @cached_property
+    def required_fields(self) -> tuple[str, ...]:
+        if self.fields:
+            return self.fields
+        return tuple(f for f in self.template_fields if f not in self.derive)
+
+    @cached_property
+    def _jinja(self) -> dict[str, Any]:
+        from jinja2 import StrictUndefined
+        from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+        env = ImmutableSandboxedEnvironment(undefined=StrictUndefined)
+        compiled = {name: env.from_string(expr) for name, expr in self.derive.items()}
+        compiled["__choice__"] = env.from_string(self.choice_template)
+        return compiled
 
     @property
     def selection_metric(self) -> str:
@@ -61,64 +172,84 @@ class Task:
         return self.metrics[0]
 
     def choices_for(self, row: Row) -> list[str]:
-        return self.row_choices(row) if self.row_choices else list(self.choices)
+        if self.choices:
+            return list(self.choices)
+        render = self._jinja["__choice__"].render
+        return [render(choice=row[name]) for name in self.choice_fields]
 
     def context(self, row: Row) -> str:
         return self.template.format(**row)
 
-    def label(self, row: Row, source: str) -> int:
+    def label_of(self, row: Row, source: str) -> int:
+        """The row's choice index (DataError naming the file and line when unusable)."""
+        line = row.get("_line", "?")
         try:
-            raw = self.label_fn(row) if self.label_fn else row[self.label_field]
-        except (KeyError, TypeError, ValueError) as exc:
-            line = row.get("_line", "?")
-            raise DataError(f"{source}: line {line}: no usable label ({exc!r})") from None
+            raw = first_present(row, self.label.field)
+        except KeyError:
+            raise DataError(f"{source}: line {line}: no label field {self.label.field!r}") from None
         if isinstance(raw, list | dict) or raw is None:
+            raise DataError(f"{source}: line {line}: label {raw!r} is not a single value")
+        try:
+            if self.label.map is not None:
+                index = self.label.map[label_key(raw)]
+            else:
+                index = round(float(raw)) if self.label.round else int(raw)
+        except KeyError:
             raise DataError(
-                f"{source}: line {row.get('_line', '?')}: label {raw!r} is not a single value"
-            )
-        if self.label_map is None:
-            index = int(raw)
-        else:
-            key = raw.strip() if isinstance(raw, str) else raw
-            if key not in self.label_map:
-                raise DataError(
-                    f"{source}: line {row.get('_line', '?')}: label {raw!r} is not one of "
-                    f"{sorted(map(str, self.label_map))} for task {self.name}"
-                )
-            index = self.label_map[key]
+                f"{source}: line {line}: label {raw!r} is not one of "
+                f"{sorted(self.label.map or ())} for task {self.name}"
+            ) from None
+        except ValueError as exc:
+            raise DataError(f"{source}: line {line}: no usable label ({exc})") from None
         if not 0 <= index < len(self.choices_for(row)):
             raise DataError(
-                f"{source}: line {row.get('_line', '?')}: label {raw!r} is outside the "
+                f"{source}: line {line}: label {raw!r} is outside the "
                 f"{len(self.choices_for(row))} choices of task {self.name}"
             )
         return index
 
-    def gold(self, row: Row, label: int) -> float:
-        return float(self.gold_value(row)) if self.gold_value else float(label)
+    def gold_of(self, row: Row, label: int) -> float:
+        return float(first_present(row, self.gold)) if self.gold else float(label)
 
     def normalise(self, row: Row, source: str, labelled: bool = True) -> Row:
-        """Check fields, apply ``prepare``; returns the row the template sees."""
-        with_label = labelled and self.label_field
-        required = (*self.fields, self.label_field) if with_label else self.fields
+        """Check the fields and compute the derived ones; returns the row the template sees."""
+        line = row.get("_line", "?")
+        required = (*self.required_fields, *self.choice_fields)
         require_fields(row, required, source)
-        require_text(row, self.fields, source)
-        try:
-            return self.prepare(dict(row)) if self.prepare else dict(row)
-        except ValueError as exc:  # the task's own row check (e.g. COPA's question)
-            raise DataError(f"{source}: line {row.get('_line', '?')}: {exc}") from None
+        require_text(row, required, source)
+        if labelled and isinstance(self.label.field, str):
+            require_fields(row, (self.label.field,), source)
+        for name, values in self.allowed.items():
+            if row[name] not in values:
+                raise DataError(
+                    f"{source}: line {line}: {name} {row[name]!r} is not one of {sorted(values)}"
+                )
+        empty = [name for name in self.choice_fields if not row[name].strip()]
+        if empty:
+            raise DataError(f"{source}: line {line}: empty choice(s) {empty}")
+        row = dict(row)
+        for name, compiled in self._jinja.items():
+            if name != "__choice__":
+                row[name] = compiled.render(**row)
+        return row
 
 
-def load_local(task: Task, root: Path, splits: Sequence[str] = ("train", "validation")):
-    if not root.is_dir():
+def load_local(task: Task, root: Path | None, splits: Sequence[str]) -> dict[str, list[Row]]:
+    if root is not None and not root.is_dir():
         raise DataError(f"data directory {root} does not exist (task.data_dir / PIPELINE_DATA_DIR)")
     return {split: task.files[split].read(root) for split in splits}
 
 
-def load_hub(task: Task, splits: Sequence[str] = ("train", "validation")):
+def load_hub(task: Task, splits: Sequence[str]) -> dict[str, list[Row]]:
     """The Hugging Face hub fallback for users without a local copy."""
     import datasets
 
-    path, name = task.hub
+    if task.hub is None:
+        raise DataError(
+            f"task {task.name}: no local data directory set (task.data_dir or PIPELINE_DATA_DIR) "
+            "and the task names no hub dataset"
+        )
+    path, name = task.hub.path, task.hub.name
     try:
         loaded = datasets.load_dataset(path, name)
     except Exception as exc:

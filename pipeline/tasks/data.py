@@ -15,9 +15,13 @@ SPLIT_SEED = 42
 LARGE_DEV_SIZE = 1000
 
 
-def protocol_splits(task: Task, train: list[Row], validation: list[Row], seed: int = SPLIT_SEED):
+def protocol_splits(task: Task, raw: dict[str, list[Row]], seed: int = SPLIT_SEED):
     """Small tasks: validation shuffled (seed 42) and halved → dev, test. Large tasks: 1,000
-    shuffled training rows are held out as dev; the official validation set is the test set."""
+    shuffled training rows are held out as dev; the official validation set is the test set.
+    Explicit: the task's own train/dev/test files."""
+    if task.protocol == "explicit":
+        return dict(raw)
+    train, validation = raw["train"], raw["validation"]
     rng = np.random.default_rng(seed)
     if task.protocol == "small":
         order = rng.permutation(len(validation))
@@ -35,25 +39,31 @@ def protocol_splits(task: Task, train: list[Row], validation: list[Row], seed: i
     }
 
 
+def split_source(task: Task, split: str) -> str:
+    """Which of the task's files a protocol split comes from."""
+    if task.protocol == "explicit" or split == "train":
+        return split
+    return "train" if task.protocol == "large" and split == "dev" else "validation"
+
+
 def load_task_splits(
     task: Task, data_dir: Path | None, limits: dict[str, int | None]
 ) -> dict[str, tuple[list[Row], str]]:
-    """{split: (rows, source description)} after the protocol split and the row limits."""
-    raw = load_local(task, data_dir) if data_dir else load_hub(task)
+    """{split: (rows, source description)} after the protocol split and the row limits. Without
+    a data directory, a task with a hub dataset is read from the hub; else its file paths are
+    taken as they are (absolute, or relative to the working directory)."""
+    files = list(task.files)
+    local = data_dir is not None or task.hub is None
+    raw = load_local(task, data_dir, files) if local else load_hub(task, files)
     sources = {
-        split: str(data_dir / task.files[split].path) if data_dir else f"hub:{task.hub[0]}"
-        for split in ("train", "validation")
+        split: str(task.files[split].location(data_dir)) if local else f"hub:{task.hub.path}"
+        for split in files
     }
-    splits = protocol_splits(task, raw["train"], raw["validation"])
     out = {}
-    for split, rows in splits.items():
+    for split, rows in protocol_splits(task, raw).items():
         limit = limits.get(split)
         rows = rows[:limit] if limit else rows
-        source = sources[
-            "train"
-            if split == "train" or (task.protocol == "large" and split == "dev")
-            else "validation"
-        ]
+        source = sources[split_source(task, split)]
         if not rows:
             raise DataError(f"task {task.name}: split {split} is empty ({source})")
         out[split] = (rows, source)
@@ -243,10 +253,10 @@ class Encoder:
         for row, context_ids, fitted, row_choices in zip(
             rows, contexts, fitted_contexts, choices, strict=True
         ):
-            label = self.task.label(row, source) if labelled else -1
+            label = self.task.label_of(row, source) if labelled else -1
             out["context_ids"].append(fitted)
             out["choice_ids"].append(row_choices)
             out["label"].append(label)
-            out["gold"].append(self.task.gold(row, label) if labelled else float("nan"))
+            out["gold"].append(self.task.gold_of(row, label) if labelled else float("nan"))
             out["truncated"].append(len(fitted) < len(context_ids))
         return out

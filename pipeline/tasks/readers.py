@@ -1,6 +1,6 @@
-"""Readers for the GLUE/SuperGLUE files as distributed (JSONL, TSV with or without header/BOM).
+"""Readers for task data files: JSONL, CSV/TSV (with or without header or BOM), Parquet.
 
-Errors name the file and the 1-based line number of the bad row.
+Errors name the file and the 1-based line number of the bad row (Parquet: the row number).
 """
 
 from __future__ import annotations
@@ -50,10 +50,17 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
 
 def read_tsv(path: Path, columns: Sequence[str] | None = None) -> list[dict[str, Any]]:
     """TSV rows as dicts. ``columns`` for header-less files (CoLA); a UTF-8 BOM is ignored."""
+    return read_delimited(path, columns, delimiter="\t")
+
+
+def read_delimited(
+    path: Path, columns: Sequence[str] | None = None, delimiter: str = ","
+) -> list[dict[str, Any]]:
+    """CSV (quoted fields) or TSV (GLUE's: no quoting) rows as dicts."""
     rows = []
-    reader = csv.reader(
-        io.StringIO(read_utf8(path), newline=""), delimiter="\t", quoting=csv.QUOTE_NONE
-    )
+    quoting = csv.QUOTE_NONE if delimiter == "\t" else csv.QUOTE_MINIMAL
+    text = io.StringIO(read_utf8(path), newline="")
+    reader = csv.reader(text, delimiter=delimiter, quoting=quoting)
     header = list(columns) if columns else next(reader, None)
     if not header:
         raise DataError(f"{path}: empty file")
@@ -63,12 +70,42 @@ def read_tsv(path: Path, columns: Sequence[str] | None = None) -> list[dict[str,
             continue
         if len(values) != len(header):
             raise DataError(
-                f"{path}: line {line_no}: expected {len(header)} tab-separated fields, "
-                f"got {len(values)}"
+                f"{path}: line {line_no}: expected {len(header)} "
+                f"{'tab' if delimiter == chr(9) else 'comma'}-separated fields, got {len(values)}"
             )
         row: dict[str, Any] = dict(zip(header, values, strict=True))
         row["_line"] = line_no
         rows.append(row)
+    return rows
+
+
+def read_parquet(path: Path) -> list[dict[str, Any]]:
+    """Parquet rows as dicts (``_line``: the 1-based row number), read by ``datasets``."""
+    import datasets
+
+    if not path.is_file():
+        raise DataError(f"data file {path} does not exist")
+    try:
+        table = datasets.Dataset.from_parquet(str(path), keep_in_memory=True)
+    except Exception as exc:  # pyarrow raises several types for a damaged file
+        raise DataError(f"{path}: not a readable Parquet file ({exc})") from None
+    return [dict(row, _line=i) for i, row in enumerate(table, start=1)]
+
+
+READERS = {".jsonl": "jsonl", ".json": "jsonl", ".tsv": "tsv", ".csv": "csv", ".parquet": "parquet"}
+
+
+def read_rows(path: Path, columns: Sequence[str] | None = None) -> list[dict[str, Any]]:
+    """Rows of a data file, the format chosen by its suffix."""
+    kind = READERS.get(path.suffix.lower())
+    if kind is None:
+        raise DataError(f"{path}: unknown data file type {path.suffix!r}; use {sorted(READERS)}")
+    if kind == "jsonl":
+        rows = read_jsonl(path)
+    elif kind == "parquet":
+        rows = read_parquet(path)
+    else:
+        rows = read_delimited(path, columns, "\t" if kind == "tsv" else ",")
     return rows
 
 
