@@ -169,11 +169,16 @@ class SoftPromptModel(nn.Module):
 
     # ----------------------------------------------------------------- forward path
     def embed_text(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        token_positions: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Input-token embeddings after the method's offset, and each token's index among its
-        row's real tokens. Expects right-aligned rows (:func:`.layout.right_align`)."""
-        token_positions = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+        row's real tokens (given, for tokens appended while decoding). Expects right-aligned
+        rows (:func:`.layout.right_align`)."""
+        if token_positions is None:
+            token_positions = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
         if self.folded_embeddings is not None:
             if self.training:
                 raise RuntimeError("a folded model is for inference: call unfold() to train")
