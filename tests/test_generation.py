@@ -36,8 +36,9 @@ def test_cached_decoding_equals_full_rerun(base_factory, method) -> None:
         greedy_generate(model, r[None], torch.ones_like(r)[None], 8, {1})[0] for r in rows
     ]
     assert cached == one_by_one  # batch-mates and padding change nothing
-    left = torch.stack([torch.roll(r, s) for r, s in zip(ids, (mask == 0).sum(1))])
-    left_mask = torch.stack([torch.roll(r, s) for r, s in zip(mask, (mask == 0).sum(1))])
+    shifts = (mask == 0).sum(1).tolist()
+    left = torch.stack([torch.roll(r, s) for r, s in zip(ids, shifts, strict=True)])
+    left_mask = torch.stack([torch.roll(r, s) for r, s in zip(mask, shifts, strict=True)])
     assert greedy_generate(model, left, left_mask, 8, {1}) == cached  # left padding too
 
 

@@ -35,7 +35,7 @@ def greedy_generate(
     finished = torch.zeros(batch, dtype=torch.bool, device=input_ids.device)
     stops = torch.tensor(sorted(stop_token_ids), dtype=torch.long, device=input_ids.device)
     state = None
-    for step in range(max_new_tokens):
+    for _ in range(max_new_tokens):
         if use_cache:
             logits, state = _cached_step(model, input_ids, attention_mask, generated, state)
         else:
@@ -54,9 +54,8 @@ def greedy_generate(
 
 def _full_step(model, input_ids, lengths, generated) -> torch.Tensor:
     """Next-token logits from the whole sequence: each row's text then its generated tokens."""
-    rows = [
-        torch.cat([ids[:n], new]) for ids, n, new in zip(input_ids, lengths.tolist(), generated)
-    ]
+    pieces = zip(input_ids, lengths.tolist(), generated, strict=True)
+    rows = [torch.cat([ids[:n], new]) for ids, n, new in pieces]
     width = max(len(r) for r in rows)
     ids = input_ids.new_zeros(len(rows), width)
     mask = torch.zeros_like(ids)

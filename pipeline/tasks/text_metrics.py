@@ -40,7 +40,8 @@ def _best_over_golds(score: Callable[[str, str], float]):
             raise ValueError(f"{len(predictions)} predictions for {len(golds)} gold lists")
         if not predictions:
             return 0.0
-        per_row = [max(score(p, g) for g in answers) for p, answers in zip(predictions, golds)]
+        pairs = zip(predictions, golds, strict=True)
+        per_row = [max(score(p, g) for g in answers) for p, answers in pairs]
         return sum(per_row) / len(per_row)
 
     return metric
