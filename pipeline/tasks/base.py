@@ -80,7 +80,9 @@ class Label(Strict):
 
 
 class Task(Strict):
-    """A rank-classification task: the model scores each choice continuation after the context.
+    """A task. Classification: the model scores each choice continuation after the context.
+    Generation: it is trained on the target continuation and evaluated on what it generates
+    greedily (exact match / token F1 against every gold answer).
 
     ``protocol`` is the paper's split rule: ``small`` halves the validation file into dev and
     test; ``large`` holds 1,000 training rows out as dev and tests on validation; ``explicit``
@@ -88,6 +90,7 @@ class Task(Strict):
     """
 
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$", description="The task's name.")
+    type: Literal["classification", "generation"] = "classification"
     template: str = Field(description="str.format template over the row's fields.")
     fields: tuple[str, ...] = Field(
         (), description="Text fields every row must have (default: the template's fields)."
@@ -105,7 +108,17 @@ class Task(Strict):
     choice_template: str = Field(
         "{{ choice }}", description="Jinja template of a per-row choice over ``choice``."
     )
-    label: Label
+    label: Label | None = Field(None, description="Classification: the row's class.")
+    target: FieldNames | None = Field(
+        None,
+        description="Generation: the answer's field (text, or a list: all are gold, the "
+        "first is trained on).",
+    )
+    target_template: str = Field(
+        " {target}\n", description="Generation: the trained continuation (str.format over target)."
+    )
+    max_new_tokens: int = Field(32, gt=0, description="Generation: tokens generated at most.")
+    stop: tuple[str, ...] = Field(("\n",), description="Generation: text that ends an answer.")
     gold: FieldNames | None = Field(None, description="Numeric gold value (regression).")
     choice_values: tuple[float, ...] | None = Field(
         None, description="Each choice's number: the prediction is the expected value."
@@ -121,6 +134,7 @@ class Task(Strict):
     @model_validator(mode="after")
     def _consistent(self) -> Task:
         from .metrics import METRICS
+        from .text_metrics import TEXT_METRICS
 
         explicit = self.protocol == "explicit"
         wanted = ("train", "dev", "test") if explicit else ("train", "validation")
@@ -131,16 +145,42 @@ class Task(Strict):
                 f"files: protocol {self.protocol} needs exactly {list(wanted)} "
                 f"(missing {missing}, unexpected {extra})"
             )
-        if bool(self.choices) == bool(self.choice_fields):
-            raise ValueError("give either choices (fixed) or choice_fields (per row)")
-        unknown = [m for m in self.metrics if m not in METRICS]
+        if self.type == "generation":
+            self._generation_keys()
+        else:
+            self._classification_keys()
+        known = TEXT_METRICS if self.type == "generation" else METRICS
+        unknown = [m for m in self.metrics if m not in known]
         if unknown:
-            raise ValueError(f"metrics: unknown {unknown}; known: {sorted(METRICS)}")
+            raise ValueError(f"metrics: unknown {unknown} for {self.type}; known: {sorted(known)}")
         if self.choice_values is not None and len(self.choice_values) != len(self.choices):
             raise ValueError("choice_values: one number per choice")
         if self.truncate_field is not None and self.truncate_field not in self.template_fields:
             raise ValueError(f"truncate_field: {self.truncate_field!r} is not in the template")
         return self
+
+    def _classification_keys(self) -> None:
+        if self.label is None:
+            raise ValueError("label: required for a classification task")
+        if self.target is not None:
+            raise ValueError("target: only for type: generation")
+        if bool(self.choices) == bool(self.choice_fields):
+            raise ValueError("give either choices (fixed) or choice_fields (per row)")
+
+    def _generation_keys(self) -> None:
+        if self.target is None:
+            raise ValueError("target: required for type: generation (the answer's field)")
+        misplaced = [
+            key
+            for key, value in (
+                ("label", self.label),
+                ("choices", self.choices),
+                ("choice_fields", self.choice_fields),
+            )
+            if value
+        ]
+        if misplaced:
+            raise ValueError(f"{', '.join(misplaced)}: only for classification tasks")
 
     @cached_property
     def template_fields(self) -> tuple[str, ...]:
@@ -171,7 +211,27 @@ class Task(Strict):
         """The dev metric that picks the checkpoint (the task's first metric)."""
         return self.metrics[0]
 
+    def answers_of(self, row: Row, source: str) -> list[str]:
+        """Generation: the row's gold answers (at least one, all text)."""
+        line = row.get("_line", "?")
+        try:
+            value = first_present(row, self.target)
+        except KeyError:
+            raise DataError(f"{source}: line {line}: no target field {self.target!r}") from None
+        answers = [value] if isinstance(value, str) else value
+        if (
+            not isinstance(answers, list)
+            or not answers
+            or not all(isinstance(a, str) for a in answers)
+        ):
+            raise DataError(
+                f"{source}: line {line}: target {value!r} is not text or a non-empty list of text"
+            )
+        return answers
+
     def choices_for(self, row: Row) -> list[str]:
+        if self.type == "generation":  # the one continuation trained on: the first answer
+            return [self.target_template.format(target=self.answers_of(row, "row")[0])]
         if self.choices:
             return list(self.choices)
         render = self._jinja["__choice__"].render
@@ -181,7 +241,10 @@ class Task(Strict):
         return self.template.format(**row)
 
     def label_of(self, row: Row, source: str) -> int:
-        """The row's choice index (DataError naming the file and line when unusable)."""
+        """The row's choice index (DataError naming the file and line when unusable); a
+        generative row's one continuation is index 0."""
+        if self.type == "generation":
+            return 0
         line = row.get("_line", "?")
         try:
             raw = first_present(row, self.label.field)
@@ -217,7 +280,9 @@ class Task(Strict):
         required = (*self.required_fields, *self.choice_fields)
         require_fields(row, required, source)
         require_text(row, required, source)
-        if labelled and isinstance(self.label.field, str):
+        if labelled and self.type == "generation":
+            self.answers_of(row, source)
+        elif labelled and isinstance(self.label.field, str):
             require_fields(row, (self.label.field,), source)
         for name, values in self.allowed.items():
             if row[name] not in values:

@@ -248,7 +248,10 @@ class Encoder:
             k: [] for k in ("context_ids", "choice_ids", "label", "gold", "truncated")
         }
         choices = [[self.choice_ids(c) for c in self.task.choices_for(r)] for r in rows]
-        budgets = [self.max_length - max(len(c) for c in row_choices) for row_choices in choices]
+        room = self.task.max_new_tokens if self.task.type == "generation" else 0  # to generate
+        budgets = [
+            self.max_length - max(room, *(len(c) for c in row_choices)) for row_choices in choices
+        ]
         fitted_contexts = self._fit(rows, context_texts, encoded, budgets, source)
         for row, context_ids, fitted, row_choices in zip(
             rows, contexts, fitted_contexts, choices, strict=True
