@@ -61,3 +61,37 @@ def test_stop_tokens_end_a_row_and_the_prompt_matters() -> None:
     with torch.no_grad():
         model.prompt.add_(torch.randn_like(model.prompt))
     assert greedy_generate(model, ids, mask, 6, {1}) != free
+
+
+def test_squad_rows_encode_a_target_and_leave_room_to_generate(data_dir, gemma_tokenizer) -> None:
+    from pipeline.tasks import Encoder, get_task, load_task_splits
+
+    task = get_task("squad")
+    rows, source = load_task_splits(task, data_dir, {"train": 40})["train"]
+    encoded = Encoder(task, gemma_tokenizer, 200).encode(rows, source)
+    assert encoded["label"] == [0] * 40 and any(encoded["truncated"])
+    for row, context, (target,), answers in zip(
+        rows, encoded["context_ids"], encoded["choice_ids"], encoded["answers"], strict=True
+    ):
+        assert answers == row["answers"]
+        assert gemma_tokenizer.decode(target) == f" {row['answers'][0]}\n"  # the trained tokens
+        assert len(context) + max(len(target), task.max_new_tokens) <= 200
+    unlabelled = Encoder(task, gemma_tokenizer, 200).encode(
+        [{k: r[k] for k in ("context", "question")} for r in rows[:3]], "input", labelled=False
+    )
+    assert unlabelled["choice_ids"] == [[], [], []] and unlabelled["answers"] == [[], [], []]
+
+
+def test_generation_declarations_are_checked() -> None:
+    from pipeline.tasks import TASKS, parse_task
+    from pipeline.tasks.registry import TaskDeclarationError
+
+    spec = TASKS["squad"].model_dump(mode="json")
+    with pytest.raises(TaskDeclarationError, match="target: required for type: generation"):
+        parse_task({**spec, "target": None}, "x")
+    with pytest.raises(TaskDeclarationError, match="choices: only for classification"):
+        parse_task({**spec, "choices": [" a"]}, "x")
+    with pytest.raises(
+        TaskDeclarationError, match=r"metrics: unknown \['accuracy'\] for generation"
+    ):
+        parse_task({**spec, "metrics": ["accuracy"]}, "x")

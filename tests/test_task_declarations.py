@@ -54,7 +54,7 @@ def review_task(data: Path) -> dict:
 
 def test_builtin_tasks_are_yaml_declarations() -> None:
     files = sorted(p.stem for p in BUILTIN_DIR.glob("*.yaml"))
-    assert files == sorted(TASKS) and len(files) == 9
+    assert files == sorted(TASKS) and len(files) == 10  # nine GLUE/SuperGLUE + SQuAD
     copa = TASKS["copa"]
     row = copa.normalise(
         {
@@ -129,7 +129,7 @@ BAD = {
     ),
     "missing_label": (
         lambda spec: {k: v for k, v in spec.items() if k != "label"},
-        r"task file .*reviews\.yaml: label: Field required",
+        r"task file .*reviews\.yaml: label: required for a classification task",
     ),
     "unknown_metric": (
         lambda spec: {**spec, "metrics": ["accuracy", "bleu"]},

@@ -244,13 +244,18 @@ class Encoder:
         context_texts = [self.task.context(r) for r in rows]
         encoded = encode_batch(self.tokenizer, context_texts)
         contexts = [e.ids for e in encoded]
-        out: dict[str, list] = {
-            k: [] for k in ("context_ids", "choice_ids", "label", "gold", "truncated")
-        }
-        choices = [[self.choice_ids(c) for c in self.task.choices_for(r)] for r in rows]
+        generation = self.task.type == "generation"
+        columns = ("context_ids", "choice_ids", "label", "gold", "truncated")
+        out: dict[str, list] = {k: [] for k in (*columns, *(["answers"] if generation else []))}
+        choices = [
+            [self.choice_ids(c) for c in self.task.choices_for(r)]
+            if labelled or not generation
+            else []  # nothing to train on or score: the model generates
+            for r in rows
+        ]
         room = self.task.max_new_tokens if self.task.type == "generation" else 0  # to generate
         budgets = [
-            self.max_length - max(room, *(len(c) for c in row_choices)) for row_choices in choices
+            self.max_length - max([room, *(len(c) for c in row_choices)]) for row_choices in choices
         ]
         fitted_contexts = self._fit(rows, context_texts, encoded, budgets, source)
         for row, context_ids, fitted, row_choices in zip(
@@ -262,4 +267,6 @@ class Encoder:
             out["label"].append(label)
             out["gold"].append(self.task.gold_of(row, label) if labelled else float("nan"))
             out["truncated"].append(len(fitted) < len(context_ids))
+            if generation:
+                out["answers"].append(self.task.answers_of(row, source) if labelled else [])
         return out
