@@ -59,3 +59,77 @@ def evaluate_dataset(
     predicted = [r["value"] if task.choice_values else r["predicted"] for r in rows]
     gold = [r["gold"] for r in rows]
     return compute_metrics(task, predicted, gold), rows
+
+
+def stop_token_ids(tokenizer: Any, stops: Sequence[str]) -> set[int]:
+    """EOS plus every stop string that is one token; longer stop strings are cut from the text."""
+    ids = {tokenizer.eos_token_id} if tokenizer.eos_token_id is not None else set()
+    for stop in stops:
+        encoded = tokenizer(stop, add_special_tokens=False)["input_ids"]
+        if len(encoded) == 1:
+            ids.add(encoded[0])
+    return ids
+
+
+def answer_text(tokenizer: Any, ids: Sequence[int], stops: Sequence[str]) -> str:
+    """Generated ids as the answer: decoded, cut at the first stop string, stripped."""
+    text = tokenizer.decode(ids, skip_special_tokens=True)
+    for stop in stops:
+        text = text.split(stop)[0]
+    return text.strip()
+
+
+def generate_answers(
+    model: SoftPromptModel,
+    task: Task,
+    context_ids: Sequence[Sequence[int]],
+    tokenizer: Any,
+    batch_size: int,
+    progress=None,
+) -> list[str]:
+    """Greedy answers for tokenized contexts, batched (rows of similar length together)."""
+    import torch
+
+    from ..methods.generation import greedy_generate
+
+    was_training = model.training
+    model.eval()
+    stops = stop_token_ids(tokenizer, task.stop)
+    order = sorted(range(len(context_ids)), key=lambda i: len(context_ids[i]))
+    answers: list[str] = [""] * len(context_ids)
+    for start in range(0, len(order), batch_size):
+        batch = order[start : start + batch_size]
+        width = max(len(context_ids[i]) for i in batch)
+        ids = torch.full((len(batch), width), tokenizer.pad_token_id, dtype=torch.long)
+        mask = torch.zeros_like(ids)
+        for row, i in enumerate(batch):
+            ids[row, : len(context_ids[i])] = torch.tensor(context_ids[i])
+            mask[row, : len(context_ids[i])] = 1
+        generated = greedy_generate(model, ids, mask, task.max_new_tokens, stops)
+        for i, tokens in zip(batch, generated, strict=True):
+            answers[i] = answer_text(tokenizer, tokens, task.stop)
+        if progress is not None:
+            progress.update(len(batch))
+    model.train(was_training)
+    return answers
+
+
+def evaluate_generation(
+    model: SoftPromptModel,
+    task: Task,
+    dataset: Any,
+    tokenizer: Any,
+    batch_size: int,
+    progress=None,
+) -> tuple[dict[str, float], list[dict[str, Any]]]:
+    """Generate an answer for every row; EM / token F1 against the row's gold answers."""
+    from ..tasks.text_metrics import TEXT_METRICS
+
+    answers = generate_answers(model, task, dataset["context_ids"], tokenizer, batch_size, progress)
+    golds = dataset["answers"]
+    rows = [
+        {"index": i, "generated": text, "answers": gold}
+        for i, (text, gold) in enumerate(zip(answers, golds, strict=True))
+    ]
+    metrics = {name: TEXT_METRICS[name](answers, golds) for name in task.metrics}
+    return metrics, rows
