@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 
 from pipeline.core.files import peak_rss_mib, write_json_atomic
 from pipeline.core.stage import RunContext, Stage
-from pipeline.engine.evaluation import evaluate_dataset
+from pipeline.engine.evaluation import evaluate_split
 from pipeline.engine.models import context_base_model, context_tokenizer
 from pipeline.methods import SoftPromptModel, ZeroShot
 
@@ -48,9 +48,7 @@ def run(ctx: RunContext) -> dict[str, Any]:
         model = build()
         started = time.perf_counter()
         with tqdm(total=len(test), desc=f"evaluate {name}", unit="row", mininterval=5) as bar:
-            metrics, rows = evaluate_dataset(
-                model, task, test, tokenizer.pad_token_id, cfg.eval.batch_size, bar
-            )
+            metrics, rows = evaluate_split(model, task, test, tokenizer, cfg.eval.batch_size, bar)
         batches = max(math.ceil(len(test) / cfg.eval.batch_size), 1)
         timing[f"{name}_seconds_per_batch"] = round((time.perf_counter() - started) / batches, 4)
         results[name] = metrics
@@ -60,9 +58,7 @@ def run(ctx: RunContext) -> dict[str, Any]:
         ctx.log_metrics({f"test/{name}/{k}": v for k, v in metrics.items()}, None)
     if cfg.eval.zero_shot:
         dev = datasets.load_from_disk(str(ctx.input_dir("tokenize") / "dev"))
-        dev_metrics, _ = evaluate_dataset(
-            ZeroShot(base), task, dev, tokenizer.pad_token_id, cfg.eval.batch_size
-        )
+        dev_metrics, _ = evaluate_split(ZeroShot(base), task, dev, tokenizer, cfg.eval.batch_size)
         results["dev_zero_shot"] = dev_metrics
         ctx.log_metrics({f"dev/zero_shot/{k}": v for k, v in dev_metrics.items()}, None)
     timing["peak_rss_mib"] = peak_rss_mib()

@@ -39,7 +39,7 @@ from pipeline.engine.backends import build_backend, load_training_base
 from pipeline.engine.batches import BatchStream
 from pipeline.engine.checkpoint import Checkpointer
 from pipeline.engine.distributed import any_rank, dist_env, init_process_group
-from pipeline.engine.evaluation import evaluate_dataset
+from pipeline.engine.evaluation import evaluate_split
 from pipeline.engine.models import context_tokenizer
 from pipeline.engine.scoring import training_batch
 from pipeline.launch.signals import StopFlag, clear_marker, mark_preempted
@@ -66,6 +66,7 @@ class Trainer:
     world: int
     model: Any
     backend: Any
+    tokenizer: Any
     pad_id: int
     contexts: list
     answers: list
@@ -134,6 +135,7 @@ def setup(ctx: RunContext) -> Trainer:
         world=world,
         model=model,
         backend=backend,
+        tokenizer=tokenizer,
         pad_id=tokenizer.pad_token_id,
         contexts=contexts,
         answers=[choices[i][labels[i]] for i in range(len(labels))],
@@ -183,8 +185,8 @@ def next_micro_batches(t: Trainer) -> list[dict[str, torch.Tensor]]:
 
 def evaluate_dev(t: Trainer, step: int, progress: Progress) -> dict[str, float]:
     """Score dev; a better score than any before saves the adapter (collective under ZeRO-3)."""
-    metrics, _ = evaluate_dataset(
-        t.backend.module, t.task, t.dev, t.pad_id, t.ctx.config.eval.batch_size
+    metrics, _ = evaluate_split(
+        t.backend.module, t.task, t.dev, t.tokenizer, t.ctx.config.eval.batch_size
     )
     score = metrics[t.task.selection_metric]
     if score > progress.best["score"]:

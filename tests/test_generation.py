@@ -95,3 +95,59 @@ def test_generation_declarations_are_checked() -> None:
         TaskDeclarationError, match=r"metrics: unknown \['accuracy'\] for generation"
     ):
         parse_task({**spec, "metrics": ["accuracy"]}, "x")
+
+
+def qa_task(data) -> dict:
+    """A generative task declared in YAML: JSONL rows with one or several answers."""
+    import json
+
+    data.mkdir(parents=True, exist_ok=True)
+    facts = [("Paris", "France"), ("Rome", "Italy"), ("Madrid", "Spain"), ("Lisbon", "Portugal")]
+    rows = [
+        {
+            "context": f"{city} is the capital of {country}.",
+            "question": f"Where is {city}?",
+            "answers": [country, f"in {country}"],
+        }
+        for city, country in facts
+    ]
+    for split, n in (("train", 4), ("dev", 1), ("test", 1)):
+        (data / f"{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows * n))
+    return {
+        "name": "capitals",
+        "type": "generation",
+        "template": "{context}\nQuestion: {question}\nAnswer:",
+        "target": "answers",
+        "max_new_tokens": 6,
+        "metrics": ["token_f1", "exact_match"],
+        "protocol": "explicit",
+        "truncate_field": "context",
+        "files": {s: {"path": str(data / f"{s}.jsonl")} for s in ("train", "dev", "test")},
+    }
+
+
+def test_a_generative_yaml_task_end_to_end(tmp_path, tiny_model_dir) -> None:
+    """Train on target tokens, evaluate by generating, predict text: YAML only, tiny model."""
+    import json
+
+    from pipeline.cli import main
+    from pipeline.engine.predict import Predictor
+    from tests.helpers import write_config
+
+    task = {"name": "capitals", "spec": qa_task(tmp_path / "data"), "max_length": 48}
+    task.update(train_limit=None, dev_limit=None, test_limit=None)
+    config = write_config(tmp_path, tiny_model_dir, task=task, tracking={"uri": None})
+    assert main(["run", str(config)]) == 0
+    run = tmp_path / "runs" / "tiny"
+    metrics = json.loads((run / "evaluate" / "metrics.json").read_text())
+    assert set(metrics["adapter"]) == set(metrics["zero_shot"]) == {"token_f1", "exact_match"}
+    assert all(0 <= v <= 1 for v in metrics["adapter"].values())
+    rows = [
+        json.loads(x) for x in (run / "evaluate" / "predictions.jsonl").read_text().split("\n") if x
+    ]
+    assert len(rows) == 4 and all(isinstance(r["generated"], str) for r in rows)
+    assert rows[0]["answers"] == ["France", "in France"]
+    history = (run / "train" / "history.jsonl").read_text()
+    assert "dev/token_f1" in history
+    predicted = Predictor(run).predict([{"context": "Oslo is in Norway.", "question": "Where?"}])
+    assert list(predicted[0]) == ["generated"] and isinstance(predicted[0]["generated"], str)

@@ -133,3 +133,18 @@ def evaluate_generation(
     ]
     metrics = {name: TEXT_METRICS[name](answers, golds) for name in task.metrics}
     return metrics, rows
+
+
+def evaluate_split(
+    model: SoftPromptModel,
+    task: Task,
+    dataset: Any,
+    tokenizer: Any,
+    batch_size: int,
+    progress=None,
+) -> tuple[dict[str, float], list[dict[str, Any]]]:
+    """Metrics and per-row predictions of a tokenized split: choice scores (classification) or
+    generated answers (generation)."""
+    if task.type == "generation":
+        return evaluate_generation(model, task, dataset, tokenizer, batch_size, progress)
+    return evaluate_dataset(model, task, dataset, tokenizer.pad_token_id, batch_size, progress)

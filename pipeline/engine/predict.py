@@ -9,7 +9,7 @@ from ..core.config import ModelSection
 from ..core.files import load_json
 from ..methods import ADAPTER_WEIGHTS_NAME, SoftPromptModel
 from ..tasks import Encoder, get_task, parse_task
-from .evaluation import predict_from_scores
+from .evaluation import generate_answers, predict_from_scores
 from .model_checks import check_safetensors
 from .models import load_model, load_tokenizer
 from .scoring import score_choices
@@ -57,6 +57,11 @@ class Predictor:
         encoded = self.encoder.encode(
             [dict(r, _line=i + 1) for i, r in enumerate(rows)], "input", labelled=False
         )
+        if self.task.type == "generation":
+            answers = generate_answers(
+                self.model, self.task, encoded["context_ids"], self.tokenizer, batch_size
+            )
+            return [{"generated": text} for text in answers]
         scores = score_choices(
             self.model,
             encoded["context_ids"],
