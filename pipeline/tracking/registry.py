@@ -79,12 +79,17 @@ def log_merged(client: Any, run_id: str, merged_dir: Path, artifact_path: str) -
         client.log_artifacts(run_id, str(local), artifact_path)
 
 
-def model_signature(fields: list[str]) -> Any:
-    """Rows of the task's text fields in; label, its index and every label's score out."""
+def model_signature(fields: list[str], generation: bool = False) -> Any:
+    """Rows of the task's text fields in; label, its index and every label's score out (the
+    generated text for a generative task)."""
     from mlflow.models import ModelSignature
     from mlflow.types.schema import ColSpec, DataType, Map, Schema
 
     inputs = Schema([ColSpec(DataType.string, name) for name in fields])
+    if generation:
+        return ModelSignature(
+            inputs=inputs, outputs=Schema([ColSpec(DataType.string, "generated")])
+        )
     outputs = Schema(
         [
             ColSpec(DataType.string, "label"),
@@ -110,7 +115,10 @@ def build_model(export_dir: Path, final_dir: Path, into: Path, description: dict
         artifacts={"export_dir": str(bundle)},
         code_paths=[str(PACKAGE_DIR)],
         pip_requirements=inference_requirements(description["model"]),
-        signature=model_signature(description["fields"]),
+        signature=model_signature(
+            description["fields"],
+            description.get("task_spec", {}).get("type") == "generation",
+        ),
     )
     mlmodel = Model.load(str(local / "MLmodel"))
     mlmodel.flavors["python_function"]["artifacts"]["export_dir"]["uri"] = str(final_dir)
