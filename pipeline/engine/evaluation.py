@@ -114,27 +114,6 @@ def generate_answers(
     return answers
 
 
-def evaluate_generation(
-    model: SoftPromptModel,
-    task: Task,
-    dataset: Any,
-    tokenizer: Any,
-    batch_size: int,
-    progress=None,
-) -> tuple[dict[str, float], list[dict[str, Any]]]:
-    """Generate an answer for every row; EM / token F1 against the row's gold answers."""
-    from ..tasks.text_metrics import TEXT_METRICS
-
-    answers = generate_answers(model, task, dataset["context_ids"], tokenizer, batch_size, progress)
-    golds = dataset["answers"]
-    rows = [
-        {"index": i, "generated": text, "answers": gold}
-        for i, (text, gold) in enumerate(zip(answers, golds, strict=True))
-    ]
-    metrics = {name: TEXT_METRICS[name](answers, golds) for name in task.metrics}
-    return metrics, rows
-
-
 def evaluate_split(
     model: SoftPromptModel,
     task: Task,
@@ -143,8 +122,16 @@ def evaluate_split(
     batch_size: int,
     progress=None,
 ) -> tuple[dict[str, float], list[dict[str, Any]]]:
-    """Metrics and per-row predictions of a tokenized split: choice scores (classification) or
-    generated answers (generation)."""
-    if task.type == "generation":
-        return evaluate_generation(model, task, dataset, tokenizer, batch_size, progress)
-    return evaluate_dataset(model, task, dataset, tokenizer.pad_token_id, batch_size, progress)
+    """Metrics and per-row predictions of a tokenized split: choice scores (classification), or
+    generated answers with EM / token F1 against each row's gold answers (generation)."""
+    if task.type != "generation":
+        return evaluate_dataset(model, task, dataset, tokenizer.pad_token_id, batch_size, progress)
+    from ..tasks.text_metrics import TEXT_METRICS
+
+    answers = generate_answers(model, task, dataset["context_ids"], tokenizer, batch_size, progress)
+    golds = dataset["answers"]
+    rows = [
+        {"index": i, "generated": text, "answers": gold}
+        for i, (text, gold) in enumerate(zip(answers, golds, strict=True))
+    ]
+    return {name: TEXT_METRICS[name](answers, golds) for name in task.metrics}, rows

@@ -13,6 +13,7 @@ import torch
 from transformers import DynamicCache
 
 from .layout import right_align
+from .prefix import run_cached
 
 
 @torch.no_grad()
@@ -83,26 +84,14 @@ def _cached_step(model, input_ids, attention_mask, generated, state):
             mask = torch.cat([attention_mask.new_ones(batch, m), attention_mask], dim=1)
             prompt_positions = torch.arange(m, device=input_ids.device).expand(batch, m)
             position_ids = torch.cat([prompt_positions, position_ids], dim=1)
-        out = body(
-            inputs_embeds=embeds,
-            attention_mask=mask,
-            position_ids=position_ids,
-            cache=cache,
-            use_cache=True,
-        )
+        hidden = run_cached(body, embeds, mask, position_ids, cache)
         lengths = attention_mask.long().sum(1)
-        last = out.last_hidden_state[torch.arange(batch), m + lengths - 1]
+        last = hidden[torch.arange(batch), m + lengths - 1]
         return model.lm_head(last), (cache, mask, lengths + m)
     cache, mask, next_position = state
     newest = generated[:, -1:]
     mask = torch.cat([mask, mask.new_ones(batch, 1)], dim=1)
     text_position = (next_position - m)[:, None]  # the token's index among its row's text
     embeds, _ = model.embed_text(newest, torch.ones_like(newest), text_position)
-    out = body(
-        inputs_embeds=embeds,
-        attention_mask=mask,
-        position_ids=next_position[:, None],
-        cache=cache,
-        use_cache=True,
-    )
-    return model.lm_head(out.last_hidden_state[:, -1]), (cache, mask, next_position + 1)
+    hidden = run_cached(body, embeds, mask, next_position[:, None], cache)
+    return model.lm_head(hidden[:, -1]), (cache, mask, next_position + 1)

@@ -44,8 +44,8 @@ def run_prefix(body: nn.Module, prompt_embeds: torch.Tensor) -> Prefix:
     m = prompt_embeds.shape[1]
     cache = DynamicCache()
     positions = torch.arange(m, device=prompt_embeds.device)[None]
-    out = body(inputs_embeds=prompt_embeds, position_ids=positions, cache=cache, use_cache=True)
-    return Prefix([(layer.keys, layer.values) for layer in cache.layers], out.last_hidden_state)
+    hidden = run_cached(body, prompt_embeds, None, positions, cache)
+    return Prefix([(layer.keys, layer.values) for layer in cache.layers], hidden)
 
 
 def run_text(
@@ -65,11 +65,23 @@ def run_text(
             (k.expand(batch, -1, -1, -1), v.expand(batch, -1, -1, -1)) for k, v in prefix.key_values
         ]
     )
+    hidden = run_cached(body, text_embeds, full_mask, position_ids, cache)
+    return torch.cat([prefix.hidden.expand(batch, -1, -1), hidden], dim=1)
+
+
+def run_cached(
+    body: nn.Module,
+    embeds: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    position_ids: torch.Tensor,
+    cache: DynamicCache,
+) -> torch.Tensor:
+    """Final hidden states of ``embeds`` attending to (and appended to) ``cache``."""
     out = body(
-        inputs_embeds=text_embeds,
-        attention_mask=full_mask,
+        inputs_embeds=embeds,
+        attention_mask=attention_mask,
         position_ids=position_ids,
         cache=cache,
         use_cache=True,
     )
-    return torch.cat([prefix.hidden.expand(batch, -1, -1), out.last_hidden_state], dim=1)
+    return out.last_hidden_state
