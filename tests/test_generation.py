@@ -149,5 +149,32 @@ def test_a_generative_yaml_task_end_to_end(tmp_path, tiny_model_dir) -> None:
     assert rows[0]["answers"] == ["France", "in France"]
     history = (run / "train" / "history.jsonl").read_text()
     assert "dev/token_f1" in history
-    predicted = Predictor(run).predict([{"context": "Oslo is in Norway.", "question": "Where?"}])
+    row = {"context": "Oslo is in Norway.", "question": "Where?"}
+    predicted = Predictor(run).predict([row])
     assert list(predicted[0]) == ["generated"] and isinstance(predicted[0]["generated"], str)
+    import mlflow
+    import pandas as pd
+
+    registered = json.loads((run / "export" / "registered.json").read_text())
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'runs' / 'mlflow.db'}")
+    model = mlflow.pyfunc.load_model(f"models:/{registered['name']}/{registered['version']}")
+    served = model.predict(pd.DataFrame([row]))
+    assert list(served.columns) == ["generated"]
+    assert served["generated"].tolist() == [predicted[0]["generated"]]
+
+
+def test_zero_shot_decoding_without_a_prompt() -> None:
+    """No prompt (the base model through the wrapper): cached ≡ full re-run, and it equals the
+    base model's own greedy `generate`."""
+    from pipeline.methods import ZeroShot
+
+    base = tiny_llama()
+    model = ZeroShot(base).eval()
+    ids, mask, rows = ragged_batch(seed=4)
+    cached = greedy_generate(model, ids, mask, 6, {1})
+    assert cached == greedy_generate(model, ids, mask, 6, {1}, use_cache=False)
+    for row, tokens in zip(rows, cached, strict=True):
+        out = base.generate(row[None], max_new_tokens=6, do_sample=False, eos_token_id=1)
+        reference = out[0, len(row) :].tolist()
+        expected = reference[: reference.index(1)] if 1 in reference else reference
+        assert tokens == expected and len(expected) > 0
