@@ -31,7 +31,7 @@ from tests.helpers import (
     write_config,
 )
 
-SCORER = r"""
+FRESH_HEAD = r"""
 import json, sys
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -39,6 +39,16 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 job = json.load(open(sys.argv[1]))
 model = AutoModelForCausalLM.from_pretrained(job["model"], dtype=torch.float32).eval()
 tokenizer = AutoTokenizer.from_pretrained(job["model"])
+"""
+# the job's model loaded with plain transformers; FRESH_TAIL: nothing of ours was imported
+FRESH_TAIL = r"""
+ours = [m for m in sys.modules if m.split(".")[0] in ("pipeline", "stages", "tests")]
+assert not ours, ours
+"""
+
+SCORER = (
+    FRESH_HEAD
+    + r"""
 results = []
 for row in job["rows"]:
     if "context" in row:  # text: the merged tokenizer puts the prefix first by itself
@@ -58,10 +68,10 @@ for row in job["rows"]:
             real = logits[:, : job["real_vocab"]].log_softmax(-1)
             real_vocab_scores.append(real[picked].sum().item())
     results.append({"context_ids": context, "scores": scores, "real_vocab": real_vocab_scores})
-ours = [m for m in sys.modules if m.split(".")[0] in ("pipeline", "stages", "tests")]
-assert not ours, ours
-print(json.dumps(results))
 """
+    + FRESH_TAIL
+    + "print(json.dumps(results))\n"
+)
 
 ROWS = [
     ("w11 w12 w13 w14", ["w20", "w21"]),
@@ -75,9 +85,11 @@ TEXT_ROWS = [
 ]
 
 
-def score_in_fresh_process(tmp: Path, job: dict) -> list[dict]:
+def score_in_fresh_process(tmp: Path, job: dict, script: str = SCORER) -> list:
+    """Run ``script`` (default: the scorer) on ``job`` in a process with a bare environment;
+    its last stdout line, as JSON."""
     (tmp / "job.json").write_text(json.dumps(job))
-    (tmp / "scorer.py").write_text(SCORER)
+    (tmp / "scorer.py").write_text(script)
     proc = subprocess.run(
         [sys.executable, "scorer.py", "job.json"],
         cwd=tmp,
@@ -297,14 +309,9 @@ def test_real_gemma_merged_adept_matches_the_adapter(tmp_path) -> None:
         assert theirs["scores"].index(max(theirs["scores"])) == ours.index(max(ours))
 
 
-GENERATOR = r"""
-import json, sys
-import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer
-
-job = json.load(open(sys.argv[1]))
-model = AutoModelForCausalLM.from_pretrained(job["model"], dtype=torch.float32).eval()
-tokenizer = AutoTokenizer.from_pretrained(job["model"])
+GENERATOR = (
+    FRESH_HEAD
+    + r"""
 answers = []
 for context_ids in job["contexts"]:
     ids = torch.tensor([job["prefix_ids"] + context_ids])
@@ -313,10 +320,10 @@ for context_ids in job["contexts"]:
                              max_new_tokens=job["max_new_tokens"], eos_token_id=job["stop_ids"])
     text = tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
     answers.append(text.split("\n")[0].strip())
-ours = [m for m in sys.modules if m.split(".")[0] in ("pipeline", "stages", "tests")]
-assert not ours, ours
-print(json.dumps(answers))
 """
+    + FRESH_TAIL
+    + "print(json.dumps(answers))\n"
+)
 
 
 def test_merged_generative_adept_generates_what_the_adapter_generates(
@@ -353,16 +360,5 @@ def test_merged_generative_adept_generates_what_the_adapter_generates(
         "max_new_tokens": parse_task(spec, "test").max_new_tokens,
         "stop_ids": stops,
     }
-    (tmp_path / "job.json").write_text(json.dumps(job))
-    (tmp_path / "generator.py").write_text(GENERATOR)
-    result = subprocess.run(
-        [sys.executable, "generator.py", "job.json"],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=600,
-        env={"PATH": "/usr/bin:/bin", "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"},
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    theirs = json.loads(result.stdout.strip().splitlines()[-1])
+    theirs = score_in_fresh_process(tmp_path, job, GENERATOR)
     assert len(ours) == 4 and any(ours) and theirs == ours  # not all empty
