@@ -158,7 +158,7 @@ def test_bad_declarations_name_the_file_and_key(case, tmp_path, tiny_model_dir) 
         load_config(config)
 
 
-def test_bad_data_for_a_declared_task(tmp_path, tiny_model_dir, capsys) -> None:
+def test_bad_data_for_a_declared_task(tmp_path) -> None:
     """A template field the rows lack, and an empty file: one line naming file and line."""
     spec = review_task(tmp_path / "data")
     spec["template"] = "Review: {text} ({stars} stars)\nSentiment:"

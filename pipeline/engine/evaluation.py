@@ -6,8 +6,12 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
+import torch
+
 from ..methods import SoftPromptModel
+from ..methods.generation import greedy_generate
 from ..tasks import METRICS, Task
+from ..tasks.text_metrics import TEXT_METRICS
 from .scoring import score_choices
 
 
@@ -88,10 +92,6 @@ def generate_answers(
     progress=None,
 ) -> list[str]:
     """Greedy answers for tokenized contexts, batched (rows of similar length together)."""
-    import torch
-
-    from ..methods.generation import greedy_generate
-
     was_training = model.training
     model.eval()
     stops = stop_token_ids(tokenizer, task.stop)
@@ -126,8 +126,6 @@ def evaluate_split(
     generated answers with EM / token F1 against each row's gold answers (generation)."""
     if task.type != "generation":
         return evaluate_dataset(model, task, dataset, tokenizer.pad_token_id, batch_size, progress)
-    from ..tasks.text_metrics import TEXT_METRICS
-
     answers = generate_answers(model, task, dataset["context_ids"], tokenizer, batch_size, progress)
     golds = dataset["answers"]
     rows = [

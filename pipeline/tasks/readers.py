@@ -101,12 +101,10 @@ def read_rows(path: Path, columns: Sequence[str] | None = None) -> list[dict[str
     if kind is None:
         raise DataError(f"{path}: unknown data file type {path.suffix!r}; use {sorted(READERS)}")
     if kind == "jsonl":
-        rows = read_jsonl(path)
-    elif kind == "parquet":
-        rows = read_parquet(path)
-    else:
-        rows = read_delimited(path, columns, "\t" if kind == "tsv" else ",")
-    return rows
+        return read_jsonl(path)
+    if kind == "parquet":
+        return read_parquet(path)
+    return read_delimited(path, columns, "\t" if kind == "tsv" else ",")
 
 
 def require_fields(row: dict[str, Any], fields: Sequence[str], path: Path | str) -> None:
