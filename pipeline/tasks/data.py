@@ -88,7 +88,9 @@ def token_ids(tokenizer: Any, texts: list[str], add_special_tokens: bool = True)
     backend = rust_backend(tokenizer)
     if backend is None:
         return tokenizer(texts, add_special_tokens=add_special_tokens)["input_ids"]
-    return [e.ids for e in backend.encode_batch(texts, add_special_tokens=add_special_tokens)]
+    # encode_batch_fast (tokenizers >= 0.21) skips the character offsets nobody asked for
+    encode = getattr(backend, "encode_batch_fast", backend.encode_batch)
+    return [e.ids for e in encode(texts, add_special_tokens=add_special_tokens)]
 
 
 @dataclass
@@ -131,7 +133,7 @@ class Encoder:
         self,
         rows: list[Row],
         context_texts: list[str],
-        encoded: list[Any],
+        contexts: list[list[int]],
         budgets: list[int],
         source: str,
     ) -> list[list[int]]:
@@ -144,7 +146,7 @@ class Encoder:
         Rows that fail the check are re-tokenized whole, all such rows in one batched call per
         round.
         """
-        contexts = [e.ids for e in encoded]
+        contexts = list(contexts)
         pending = [i for i, ids in enumerate(contexts) if len(ids) > budgets[i]]
         if not pending:
             return contexts
@@ -156,9 +158,12 @@ class Encoder:
                 f"exceed task.max_length={self.max_length} and task {self.task.name} has no "
                 "field that may be shortened"
             )
+        # character offsets only for the rows to cut (a few % of them)
+        to_cut = encode_batch(self.tokenizer, [context_texts[i] for i in pending])
+        encoded = dict(zip(pending, to_cut, strict=True))
         head = self.task.template.split("{" + field + "}")[0]  # the template before the field
         texts = {i: str(rows[i][field]) for i in pending}
-        current = {i: encoded[i] for i in pending}
+        current = dict(encoded)
 
         def cut(i: int, slack: int) -> tuple[int, int | None, str]:
             """(index of the last kept token, index of the first token after the field or None
@@ -242,8 +247,7 @@ class Encoder:
         """Token ids per row; ``labelled=False`` (prediction) gives label -1 and gold NaN."""
         rows = [self.task.normalise(r, source, labelled) for r in rows]
         context_texts = [self.task.context(r) for r in rows]
-        encoded = encode_batch(self.tokenizer, context_texts)
-        contexts = [e.ids for e in encoded]
+        contexts = token_ids(self.tokenizer, context_texts)
         generation = self.task.type == "generation"
         columns = ("context_ids", "choice_ids", "label", "gold", "truncated")
         out: dict[str, list] = {k: [] for k in (*columns, *(["answers"] if generation else []))}
@@ -257,7 +261,7 @@ class Encoder:
         budgets = [
             self.max_length - max([room, *(len(c) for c in row_choices)]) for row_choices in choices
         ]
-        fitted_contexts = self._fit(rows, context_texts, encoded, budgets, source)
+        fitted_contexts = self._fit(rows, context_texts, contexts, budgets, source)
         for row, context_ids, fitted, row_choices in zip(
             rows, contexts, fitted_contexts, choices, strict=True
         ):
