@@ -31,7 +31,7 @@ from .core.files import MANIFEST, checksum_tree, ensure_writable, read_json, wri
 from .core.locks import BlockingLock, RunLock
 from .core.stage import RunContext, Stage, StageError, StageResult, read_manifest
 from .engine.distributed import barrier, dist_env, init_process_group, is_distributed_launch
-from .launch.commands import distributed_stage_command, rank_env
+from .launch.commands import NodeFailures, distributed_stage_command, rank_env
 from .launch.signals import Preempted, clear_marker, raise_if_marked, run_forwarding_signals
 from .tracking.tracker import Tracker, check_reachable, redact, tracking_uri
 
@@ -193,13 +193,16 @@ class Runner:
         log.info("launching %s on %d ranks: %s", stage.name, dist.world_size, " ".join(command))
         clear_marker(launch_dir)
         start = time.perf_counter()
-        returncode, _ = run_forwarding_signals(command, rank_env(dist.nproc_per_node))
+        failures = NodeFailures() if dist.nnodes > 1 else None
+        env = rank_env(dist.nproc_per_node)
+        returncode, _ = run_forwarding_signals(command, env, stderr_tap=failures)
         raise_if_marked(launch_dir)
         manifest = read_manifest(self.stage_dir(stage.name))
         if returncode != 0 or manifest is None or manifest["key"] != self.stage_key(stage)[0]:
+            where = failures.summary() if failures else ""
             raise StageError(
-                f"{stage.name} on {dist.world_size} ranks failed "
-                f"(exit code {returncode}); see the log above"
+                f"{stage.name} on {dist.world_size} ranks failed{where} (exit code {returncode}); "
+                "see the log above. Checkpoints are kept: re-running resumes from the last one"
             )
         seconds = time.perf_counter() - start
         summary = manifest.get("summary", {})

@@ -5,6 +5,7 @@
 #   mkdir -p logs && sbatch --array=0-7 --output='logs/%x_%A_%a.out' slurm/train_llama.sh CONFIG
 #   mkdir -p logs && sbatch -N 2 --gpus-per-node=8 -p gpu -A myproj slurm/train_llama.sh CONFIG
 #   pipeline submit CONFIG     # tokenize once -> this array (afterok) -> evaluate/export
+#   (try two nodes on one machine: bash scripts/slurm_cluster.sh up --nodes 2; sbatch -N 2 ...)
 #
 # Nodes, GPUs, partition and account come from sbatch flags or SBATCH_* variables, never from
 # this file. The task itself is pipeline/launch/slurm.py (run_task): ranks from the allocation

@@ -24,6 +24,7 @@ import json
 import logging
 import math
 import shutil
+import socket
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -114,10 +115,12 @@ def setup(ctx: RunContext) -> Trainer:
     )
     backend = build_backend(model, cfg)
     log.info(
-        "%s: %d trainable parameters, world size %d",
+        "%s: %d trainable parameters; rank %d of %d on %s",
         model.config.method,
         model.expected_trainable_parameters(),
+        rank,
         world,
+        socket.gethostname(),
     )
     data_dir = ctx.input_dir("tokenize")
     rows = datasets.load_from_disk(str(data_dir / "train"))

@@ -15,50 +15,13 @@ import pytest
 import yaml
 
 from tests.helpers import ENV, REPO, losses, pipeline, wait_for_step, write_config
-
-TERMINAL = {
-    "COMPLETED",
-    "FAILED",
-    "CANCELLED",
-    "TIMEOUT",
-    "NODE_FAIL",
-    "OUT_OF_MEMORY",
-    "BOOT_FAIL",
-    "DEADLINE",
-}
+from tests.slurm_helpers import JobRunning, job_states, sbatch, slurm_cluster, wait_jobs
 
 
 @pytest.fixture(scope="module")
 def slurm():
-    up = subprocess.run(
-        ["bash", str(REPO / "scripts" / "slurm_cluster.sh"), "up"],
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert up.returncode == 0, up.stdout + up.stderr
-    conf = re.search(r"SLURM_CONF=(\S+)\)", up.stdout).group(1)
-    env = dict(ENV, SLURM_CONF=conf, PYTHON=sys.executable)
-    os.environ["SLURM_CONF"] = conf
-    yield env
-    subprocess.run(["bash", str(REPO / "scripts" / "slurm_cluster.sh"), "down"], timeout=120)
-
-
-def job_states(job_id: str, env) -> list[str]:
-    out = subprocess.run(
-        ["scontrol", "show", "job", "-o", job_id], capture_output=True, text=True, env=env
-    ).stdout
-    return re.findall(r"JobState=(\S+)", out)
-
-
-def wait_jobs(job_ids: list[str], env, timeout: float = 900) -> dict[str, list[str]]:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        states = {j: job_states(j, env) for j in job_ids}
-        if all(s and set(s) <= TERMINAL for s in states.values()):
-            return states
-        time.sleep(1)
-    raise AssertionError(f"jobs did not finish: {states}")
+    with slurm_cluster(nodes=1) as env:
+        yield env
 
 
 def sweep_config(tmp: Path, model_dir: Path, lrs: list[float], **sections) -> Path:
@@ -67,12 +30,6 @@ def sweep_config(tmp: Path, model_dir: Path, lrs: list[float], **sections) -> Pa
     data["sweep"] = {"train.lr.prompt": lrs}
     config.write_text(yaml.safe_dump(data))
     return config
-
-
-def sbatch(env, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        ["sbatch", "--parsable", *args], capture_output=True, text=True, env=env, timeout=900
-    )
 
 
 def test_array_job_runs_every_variant(slurm, tmp_path, tiny_model_dir) -> None:
@@ -168,12 +125,7 @@ def test_requeued_task_resumes_to_the_same_result(slurm, tmp_path, tiny_model_di
     run_dir = tmp_path / "cut" / "runs" / "tiny" / "variants" / "v000"
     history = run_dir / ".scratch" / "train" / "history.jsonl"
 
-    class Running:  # wait_for_step polls a process; here the job stands in for it
-        def poll(self):
-            states = job_states(job, slurm)
-            return None if not states or states[0] not in TERMINAL else 1
-
-    wait_for_step(history, 3, Running())
+    wait_for_step(history, 3, JobRunning(job, slurm))
     requeue = subprocess.run(
         ["scontrol", "requeue", job], capture_output=True, text=True, env=slurm
     )
@@ -214,12 +166,8 @@ def test_requeueing_one_array_task_leaves_its_sibling_alone(slurm, tmp_path, tin
     array = proc.stdout.strip()
     variants = tmp_path / "runs" / "tiny" / "variants"
 
-    class Running:  # the array task stands in for a process
-        def poll(self):
-            states = job_states(f"{array}_1", slurm)
-            return None if not states or states[0] not in TERMINAL else 1
-
-    wait_for_step(variants / "v001" / ".scratch" / "train" / "history.jsonl", 3, Running())
+    history = variants / "v001" / ".scratch" / "train" / "history.jsonl"
+    wait_for_step(history, 3, JobRunning(f"{array}_1", slurm))
     requeue = subprocess.run(
         ["scontrol", "requeue", f"{array}_1"], capture_output=True, text=True, env=slurm
     )
@@ -284,3 +232,23 @@ def test_daemons_listen_on_loopback_and_down_leaves_nothing_running(slurm, tmp_p
     assert not [line for line in left.splitlines() if "<defunct>" not in line], left
     up = subprocess.run(["bash", script, "up"], capture_output=True, text=True, timeout=600)
     assert up.returncode == 0, up.stdout + up.stderr
+
+
+def test_node_failures_name_the_node_that_failed_first() -> None:
+    """What the runner says when a multi-node stage fails, from srun's own stderr lines."""
+    from pipeline.launch.commands import NodeFailures
+
+    rank_died = NodeFailures()
+    for line in (
+        "07:36:03 INFO pipeline.runner: launching train on 2 ranks: srun --nodes=2 ...\n",
+        "srun: error: adept-n2: task 1: Killed\n",
+        "srun: launch/slurm: _step_signal: Terminating StepId=8.0\n",
+        "srun: error: adept-n1: task 0: Exited with exit code 1\n",
+    ):
+        rank_died(line)
+    assert rank_died.summary() == " on node adept-n2 (first failure: task 1: Killed)"
+    node_died = NodeFailures()  # Slurm's verdict wins over the survivor's own failure
+    node_died("srun: error: adept-n1: task 0: Exited with exit code 1\n")
+    node_died("srun: error: Node failure on adept-n2\n")
+    assert node_died.summary() == " on node adept-n2 (Slurm: node failure)"
+    assert NodeFailures().summary() == ""

@@ -8,6 +8,7 @@ distributed stage under torchrun (:func:`distributed_stage_command`), the Slurm 
 from __future__ import annotations
 
 import os
+import re
 import shlex
 import sys
 from collections.abc import Sequence
@@ -80,6 +81,33 @@ def distributed_stage_command(
     return srun + torchrun_command(inner, nproc_per_node, nnodes, rendezvous)
 
 
+class NodeFailures:
+    """Reads srun's stderr while a multi-node stage runs and names the node that failed:
+    one Slurm declared failed ("Node failure on X"), else the first whose task exited badly."""
+
+    TASK = re.compile(r"^srun: error: (\S+): tasks? ([\d\-,]+): (.+)$")
+    NODE = re.compile(r"^srun: error: Node failure on (\S+)")
+
+    def __init__(self) -> None:
+        self.node_failure: str | None = None
+        self.tasks: list[tuple[str, str, str]] = []  # (node, task, what), in the order seen
+
+    def __call__(self, line: str) -> None:
+        if node := self.NODE.match(line.strip()):
+            self.node_failure = self.node_failure or node.group(1)
+        elif task := self.TASK.match(line.strip()):
+            self.tasks.append(task.groups())
+
+    def summary(self) -> str:
+        """``" on node X (…)"`` or ``""`` when srun named no node."""
+        if self.node_failure:
+            return f" on node {self.node_failure} (Slurm: node failure)"
+        if self.tasks:
+            node, task, what = self.tasks[0]
+            return f" on node {node} (first failure: task {task}: {what})"
+        return ""
+
+
 def threads_env(threads: int, base: dict[str, str] | None = None) -> dict[str, str]:
     """The environment of a job limited to ``threads`` CPU threads."""
     return {
@@ -90,9 +118,9 @@ def threads_env(threads: int, base: dict[str, str] | None = None) -> dict[str, s
 
 
 def rank_env(nproc_per_node: int) -> dict[str, str]:
-    """Environment of ranks started by the runner: the run lock is the runner's; the CPU's
-    threads are split between the ranks unless OMP_NUM_THREADS says otherwise."""
-    threads = os.environ.get(
-        "OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc_per_node))
-    )
+    """Environment of ranks started by the runner: the run lock is the runner's; the node's
+    CPUs (the Slurm allocation's on a Slurm node) are split between the ranks unless
+    OMP_NUM_THREADS says otherwise."""
+    cpus = int(os.environ.get("SLURM_CPUS_ON_NODE") or os.cpu_count() or 1)
+    threads = os.environ.get("OMP_NUM_THREADS", str(max(1, cpus // nproc_per_node)))
     return {**os.environ, "PIPELINE_LOCK_HELD": "1", "OMP_NUM_THREADS": threads}

@@ -21,9 +21,11 @@ import logging
 import os
 import signal
 import subprocess
+import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import IO
 
 from ..core.files import write_json_atomic
 
@@ -115,13 +117,21 @@ def raise_if_marked(directory: Path) -> None:
 
 
 def run_forwarding_signals(
-    command: list[str], env: dict[str, str], forward_as: dict[int, int] | None = None
+    command: list[str],
+    env: dict[str, str],
+    forward_as: dict[int, int] | None = None,
+    stderr_tap: Callable[[str], None] | None = None,
 ) -> tuple[int, bool]:
     """Run ``command`` in its own session and wait; SIGTERM / SIGUSR1 received meanwhile go to
     its process group exactly once (mapped by ``forward_as``, default: SIGTERM for both — torchrun
-    turns SIGTERM into a graceful stop of its workers). Returns (exit code, signalled)."""
+    turns SIGTERM into a graceful stop of its workers). ``stderr_tap`` sees every line the child
+    writes to stderr (which still goes to this process's stderr). Returns (exit code, signalled)."""
     forward_as = forward_as or {sig: signal.SIGTERM for sig in STOP_SIGNALS}
-    proc = subprocess.Popen(command, env=env, start_new_session=True)
+    stderr = subprocess.PIPE if stderr_tap else None
+    proc = subprocess.Popen(command, env=env, start_new_session=True, stderr=stderr, text=True)
+    relay = threading.Thread(target=_relay, args=(proc.stderr, stderr_tap), daemon=True)
+    if stderr_tap:
+        relay.start()
     signalled = False
 
     def forward(signum, frame) -> None:
@@ -137,4 +147,14 @@ def run_forwarding_signals(
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+    if stderr_tap:
+        relay.join()
     return returncode, signalled
+
+
+def _relay(stream: IO[str], tap: Callable[[str], None]) -> None:
+    """Copy ``stream`` to this process's stderr line by line, showing each line to ``tap``."""
+    for line in stream:
+        sys.stderr.write(line)
+        sys.stderr.flush()
+        tap(line)

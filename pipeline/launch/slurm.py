@@ -14,10 +14,11 @@ from pathlib import Path
 
 from ..core.config import load_config, sweep_variants
 from .commands import SLURM_TASK_VARIANT, pipeline_command, shell_join
-from .signals import STOP_SIGNALS, run_forwarding_signals
+from .signals import EXIT_PREEMPTED, STOP_SIGNALS, run_forwarding_signals
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 TRAIN_SCRIPT = REPO_ROOT / "slurm" / "train_llama.sh"
+BATCH_TASK_VARIABLES = ("SLURM_NTASKS", "SLURM_NPROCS", "SLURM_PROCID", "SLURM_LOCALID")
 PORT_BASE = 20000  # rendezvous port: PORT_BASE + job id mod PORT_BASE, unless MASTER_PORT is set
 
 
@@ -158,12 +159,16 @@ def run_task(argv: list[str]) -> int:
         f"restart {env.get('SLURM_RESTART_COUNT', 0)}",
         flush=True,
     )
-    child_env = {**env, **rendezvous, "OMP_WAIT_POLICY": env.get("OMP_WAIT_POLICY", "PASSIVE")}
+    # the batch script is one process, not rank 0 of SLURM_NTASKS (sbatch -N 2 --ntasks-per-node=1
+    # sets those): the ranks are started by the runner, through srun, with their own
+    child_env = {k: v for k, v in env.items() if k not in BATCH_TASK_VARIABLES}
+    child_env.update(rendezvous, OMP_WAIT_POLICY=env.get("OMP_WAIT_POLICY", "PASSIVE"))
     # the pipeline gets the signal as sent (with several ranks its runner relays it to torchrun)
     as_sent = {sig: sig for sig in STOP_SIGNALS}
     rc, signalled = run_forwarding_signals(command, child_env, forward_as=as_sent)
     if signalled and "SLURM_JOB_ID" in env:
-        print(f"{time.strftime('%T')} checkpoint written (exit {rc}); requeueing {task_id()}")
+        stopped = "checkpoint written" if rc == EXIT_PREEMPTED else "stopped before a checkpoint"
+        print(f"{time.strftime('%T')} {stopped} (exit {rc}); requeueing {task_id()}")
         subprocess.run(["scontrol", "requeue", task_id()], capture_output=True)
         return 0
     return rc
