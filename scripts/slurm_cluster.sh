@@ -247,7 +247,8 @@ down() {
   for id in $ids; do  # a step that outlived the cancel (e.g. stuck in I/O) goes now
     pkill -KILL -f "^slurmstepd: \[$id\." 2>/dev/null || true
   done
-  network_down  # and whatever still ran inside a node
+  # the namespaces (and whatever still ran inside a node), when this cluster made them
+  [ "$(cat "$dir/nodes" 2>/dev/null || echo 1)" = 1 ] || network_down
   echo "slurm down"
 }
 
