@@ -31,8 +31,9 @@ from .core.files import MANIFEST, checksum_tree, ensure_writable, read_json, wri
 from .core.locks import BlockingLock, RunLock
 from .core.stage import RunContext, Stage, StageError, StageResult, read_manifest
 from .engine.distributed import barrier, dist_env, init_process_group, is_distributed_launch
-from .launch.commands import NodeFailures, distributed_stage_command, rank_env
+from .launch.commands import distributed_stage_command, rank_env
 from .launch.signals import Preempted, clear_marker, raise_if_marked, run_forwarding_signals
+from .launch.slurm import NodeFailures
 from .tracking.tracker import Tracker, check_reachable, redact, tracking_uri
 
 log = logging.getLogger(__name__)

@@ -236,7 +236,7 @@ def test_daemons_listen_on_loopback_and_down_leaves_nothing_running(slurm, tmp_p
 
 def test_node_failures_name_the_node_that_failed_first() -> None:
     """What the runner says when a multi-node stage fails, from srun's own stderr lines."""
-    from pipeline.launch.commands import NodeFailures
+    from pipeline.launch.slurm import NodeFailures
 
     rank_died = NodeFailures()
     for line in (

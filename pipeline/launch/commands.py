@@ -8,7 +8,6 @@ distributed stage under torchrun (:func:`distributed_stage_command`), the Slurm 
 from __future__ import annotations
 
 import os
-import re
 import shlex
 import sys
 from collections.abc import Sequence
@@ -79,33 +78,6 @@ def distributed_stage_command(
     rendezvous = f"{os.environ['MASTER_ADDR']}:{os.environ.get('MASTER_PORT', '29500')}"
     srun = ["srun", f"--nodes={nnodes}", "--ntasks-per-node=1", "--kill-on-bad-exit=1"]
     return srun + torchrun_command(inner, nproc_per_node, nnodes, rendezvous)
-
-
-class NodeFailures:
-    """Reads srun's stderr while a multi-node stage runs and names the node that failed:
-    one Slurm declared failed ("Node failure on X"), else the first whose task exited badly."""
-
-    TASK = re.compile(r"^srun: error: (\S+): tasks? ([\d\-,]+): (.+)$")
-    NODE = re.compile(r"^srun: error: Node failure on (\S+)")
-
-    def __init__(self) -> None:
-        self.node_failure: str | None = None
-        self.tasks: list[tuple[str, str, str]] = []  # (node, task, what), in the order seen
-
-    def __call__(self, line: str) -> None:
-        if node := self.NODE.match(line.strip()):
-            self.node_failure = self.node_failure or node.group(1)
-        elif task := self.TASK.match(line.strip()):
-            self.tasks.append(task.groups())
-
-    def summary(self) -> str:
-        """``" on node X (…)"`` or ``""`` when srun named no node."""
-        if self.node_failure:
-            return f" on node {self.node_failure} (Slurm: node failure)"
-        if self.tasks:
-            node, task, what = self.tasks[0]
-            return f" on node {node} (first failure: task {task}: {what})"
-        return ""
 
 
 def threads_env(threads: int, base: dict[str, str] | None = None) -> dict[str, str]:

@@ -1,11 +1,13 @@
-"""Slurm: the array task behind ``slurm/train_llama.sh``, and ``pipeline submit`` (tokenize
+"""Slurm: the array task behind ``slurm/train_llama.sh``, ``pipeline submit`` (tokenize
 once, training as an array with one task per sweep variant that depends on it, then
-evaluate/export as an array that runs only if every training task succeeded).
+evaluate/export as an array that runs only if every training task succeeded), and what srun's
+stderr says about which node failed.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -24,6 +26,33 @@ PORT_BASE = 20000  # rendezvous port: PORT_BASE + job id mod PORT_BASE, unless M
 
 class SlurmError(RuntimeError):
     """Slurm is missing or refused a job; the message says which command failed."""
+
+
+class NodeFailures:
+    """Reads srun's stderr while a multi-node stage runs and names the node that failed:
+    one Slurm declared failed ("Node failure on X"), else the first whose task exited badly."""
+
+    TASK = re.compile(r"^srun: error: (\S+): tasks? ([\d\-,]+): (.+)$")
+    NODE = re.compile(r"^srun: error: Node failure on (\S+)")
+
+    def __init__(self) -> None:
+        self.node_failure: str | None = None
+        self.tasks: list[tuple[str, str, str]] = []  # (node, task, what), in the order seen
+
+    def __call__(self, line: str) -> None:
+        if node := self.NODE.match(line.strip()):
+            self.node_failure = self.node_failure or node.group(1)
+        elif task := self.TASK.match(line.strip()):
+            self.tasks.append(task.groups())
+
+    def summary(self) -> str:
+        """``" on node X (…)"`` or ``""`` when srun named no node."""
+        if self.node_failure:
+            return f" on node {self.node_failure} (Slurm: node failure)"
+        if self.tasks:
+            node, task, what = self.tasks[0]
+            return f" on node {node} (first failure: task {task}: {what})"
+        return ""
 
 
 def variant_table(config_path: str, overrides: list[str]) -> list[tuple[int, list[str], Path]]:
