@@ -201,9 +201,9 @@ up() {  # $1: number of nodes
   fi
   for node in $(node_names); do start_slurmd "$node"; done
   for _ in $(seq 120); do
-    states=$(sinfo -h -N -o '%T' 2>/dev/null | sort -u | tr '\n' ' ' || true)
-    if [ "$(sinfo -h -N -o '%T' 2>/dev/null | grep -cE '^(idle|mixed|allocated)$')" = "$nodes" ]; then
-      echo "slurm up: $(node_names | tr '\n' ' ')$states(SLURM_CONF=$conf)"
+    states=$(sinfo -h -N -o '%T' 2>/dev/null || true)
+    if [ "$(grep -cE '^(idle|mixed|allocated)$' <<< "$states")" = "$nodes" ]; then
+      echo "slurm up: $(node_names | tr '\n' ' ')$(sort -u <<< "$states" | tr '\n' ' ')(SLURM_CONF=$conf)"
       return 0
     fi
     sleep 0.5

@@ -64,13 +64,6 @@ def reference(tmp_path_factory, tiny_model_dir) -> Path:
     return root / "runs" / "tiny"
 
 
-@pytest.fixture(scope="module")
-def tiny_model_dir(tmp_path_factory) -> Path:
-    from tests.conftest import save_tiny_gemma_with_real_tokenizer
-
-    return save_tiny_gemma_with_real_tokenizer(tmp_path_factory.mktemp("tiny-gemma"))
-
-
 def submit(cluster, tmp_path: Path, model_dir: Path, *flags: str) -> tuple[str, Path, Path]:
     """`sbatch -N 2 FLAGS slurm/train_llama.sh CONFIG`: (job id, its log, the run directory)."""
     config = write_config(tmp_path, model_dir, **SECTIONS)

@@ -129,8 +129,9 @@ def run_forwarding_signals(
     forward_as = forward_as or {sig: signal.SIGTERM for sig in STOP_SIGNALS}
     stderr = subprocess.PIPE if stderr_tap else None
     proc = subprocess.Popen(command, env=env, start_new_session=True, stderr=stderr, text=True)
-    relay = threading.Thread(target=_relay, args=(proc.stderr, stderr_tap), daemon=True)
+    relay = None
     if stderr_tap:
+        relay = threading.Thread(target=_relay, args=(proc.stderr, stderr_tap), daemon=True)
         relay.start()
     signalled = False
 
@@ -147,7 +148,7 @@ def run_forwarding_signals(
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-    if stderr_tap:
+    if relay:
         relay.join()
     return returncode, signalled
 

@@ -160,10 +160,9 @@ class Encoder:
             )
         # character offsets only for the rows to cut (a few % of them)
         to_cut = encode_batch(self.tokenizer, [context_texts[i] for i in pending])
-        encoded = dict(zip(pending, to_cut, strict=True))
+        current = dict(zip(pending, to_cut, strict=True))  # each row's latest encoding
         head = self.task.template.split("{" + field + "}")[0]  # the template before the field
         texts = {i: str(rows[i][field]) for i in pending}
-        current = dict(encoded)
 
         def cut(i: int, slack: int) -> tuple[int, int | None, str]:
             """(index of the last kept token, index of the first token after the field or None
@@ -182,7 +181,7 @@ class Encoder:
         cuts = {i: cut(i, slack=0) for i in pending}
         spliced = self._splice(
             {i: context_texts[i] for i in pending},
-            {i: encoded[i] for i in pending},
+            current,
             {i: (last, after) for i, (last, after, _) in cuts.items() if after is not None},
         )
         for i, ids in spliced.items():
