@@ -5,13 +5,16 @@ protocol split, templates, truncation, choices, saving with ``datasets``.
 
     python bench/tokenize_stage.py --task boolq
 
-Each measurement is the best of ``--repeats`` runs, alternating between raw and stage, so that
-a busy second core (a background study) affects both sides alike.
+Raw and stage alternate ``--repeats`` times, so that a busy second core (a background study)
+or this VM's drifting speed affects both sides alike; it prints the best of each and the median
+of the per-repeat ratios (the steadier number: single calls of the Rust tokenizer vary by ±15%
+here).
 """
 
 from __future__ import annotations
 
 import argparse
+import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -74,6 +77,7 @@ def main() -> None:
             cached = runner.run(("tokenize",))[0]
             cached_seconds.append(time.perf_counter() - start)
     assert cached.status == "cached"
+    median_ratio = statistics.median(r / s for r, s in zip(raw, stage, strict=True))
     raw, rust, stage, cached_seconds = min(raw), min(rust), min(stage), min(cached_seconds)
     throughput_ratio = raw / stage
     result = {
@@ -86,7 +90,8 @@ def main() -> None:
         "repeats": args.repeats,
         "cached_rerun_s": cached_seconds,
         "stage_over_raw_throughput": throughput_ratio,
-        "goal_met": throughput_ratio >= 0.9,
+        "median_paired_ratio": median_ratio,
+        "goal_met": median_ratio >= 0.9,
         "stage_over_rust_throughput": rust / stage,
     }
     report(
@@ -99,7 +104,10 @@ def main() -> None:
         ],
         ("what", "seconds", "rows/s"),
     )
-    print(f"\nstage throughput / raw = {throughput_ratio:.2f} (goal >= 0.9)")
+    print(
+        f"\nstage throughput / raw: best-of {throughput_ratio:.2f}, median of the "
+        f"{args.repeats} paired runs {median_ratio:.2f} (goal >= 0.9)"
+    )
 
 
 if __name__ == "__main__":

@@ -15,6 +15,8 @@ from __future__ import annotations
 from typing import Any
 
 import datasets
+import pyarrow as pa
+from datasets.table import InMemoryTable
 
 from pipeline.core.files import write_json_atomic
 from pipeline.core.stage import RunContext, Stage
@@ -22,6 +24,24 @@ from pipeline.engine.models import context_tokenizer
 from pipeline.tasks import Encoder, load_task_splits
 
 SPLITS, STATS = ("train", "dev", "test"), "stats.json"
+IDS = pa.list_(pa.int64())
+COLUMN_TYPES = {
+    "context_ids": IDS,
+    "choice_ids": pa.list_(IDS),
+    "label": pa.int64(),
+    "gold": pa.float64(),
+    "truncated": pa.bool_(),
+    "answers": pa.list_(pa.string()),  # generation tasks only
+}
+
+
+def as_dataset(columns: dict[str, list], fingerprint: str) -> datasets.Dataset:
+    """The encoded columns as a dataset: Arrow arrays of known types (``from_dict`` infers them
+    value by value) named by the stage's key (``from_dict`` hashes every row to name it)."""
+    table = pa.table(
+        {name: pa.array(values, COLUMN_TYPES[name]) for name, values in columns.items()}
+    )
+    return datasets.Dataset(InMemoryTable(table), fingerprint=fingerprint)
 
 
 def run(ctx: RunContext) -> dict[str, Any]:
@@ -34,7 +54,8 @@ def run(ctx: RunContext) -> dict[str, Any]:
     stats: dict[str, Any] = {"task": task.name, "max_length": cfg.task.max_length}
     for split, (rows, source) in splits.items():
         encoded = encoder.encode(rows, source)  # batched fast-tokenizer calls
-        datasets.Dataset.from_dict(encoded).save_to_disk(str(ctx.work_dir / split))
+        dataset = as_dataset(encoded, fingerprint=f"tokenize-{ctx.stage_key[:16]}-{split}")
+        dataset.save_to_disk(str(ctx.work_dir / split))
         lengths = [len(c) for c in encoded["context_ids"]]
         stats[split] = {
             "rows": len(lengths),

@@ -145,3 +145,34 @@ def test_rust_backend_path_encodes_like_the_tokenizer_call(
     slow = Encoder(task, gemma_tokenizer, max_length).encode(rows, source)
     assert fast == slow
     assert (sum(fast["truncated"]) > 100) == (name == "boolq")
+
+
+def test_offsets_from_the_first_pass_or_a_second_one_give_the_same_rows(
+    data_dir, gemma_tokenizer, monkeypatch
+) -> None:
+    """Long contexts get character offsets in the first tokenizer pass (they will likely be
+    cut); an over-long row the length guess missed is tokenized again with offsets. Both paths
+    give the same ids, and the second pass runs over exactly the missed rows."""
+    import pipeline.tasks.data as data
+
+    task = get_task("boolq")
+    rows, source = load_task_splits(task, data_dir, {"train": 200})["train"]
+    passes: list[int] = []
+    encode_batch = data.encode_batch
+
+    def counting(tokenizer, texts, with_offsets=None):
+        passes.append(len(texts) if with_offsets is None else sum(with_offsets))
+        return encode_batch(tokenizer, texts, with_offsets)
+
+    monkeypatch.setattr(data, "encode_batch", counting)
+    results = {}
+    for chars_per_token in (0.0, 2.5, 1e9):  # all rows, the default guess, none
+        monkeypatch.setattr(data, "LIKELY_CUT_CHARS_PER_TOKEN", chars_per_token)
+        passes.clear()
+        results[chars_per_token] = Encoder(task, gemma_tokenizer, 96).encode(rows, source)
+        cut = sum(results[chars_per_token]["truncated"])
+        first_pass_offsets, second_pass = passes[0], sum(passes[1:])
+        assert first_pass_offsets == {0.0: 200, 1e9: 0}.get(chars_per_token, first_pass_offsets)
+        assert second_pass == (cut if chars_per_token == 1e9 else 0)
+    assert results[0.0] == results[2.5] == results[1e9]
+    assert sum(results[0.0]["truncated"]) > 100

@@ -13,6 +13,10 @@ from .readers import DataError
 
 SPLIT_SEED = 42
 LARGE_DEV_SIZE = 1000
+# A context longer than this many characters per token of its budget is tokenized with character
+# offsets in the first pass, since it will likely be cut (English text runs ~4 characters per
+# token); a row cut without them is tokenized a second time.
+LIKELY_CUT_CHARS_PER_TOKEN = 2.5
 
 
 def protocol_splits(task: Task, raw: dict[str, list[Row]], seed: int = SPLIT_SEED):
@@ -101,16 +105,28 @@ class Encoded:
     offsets: list[tuple[int, int]]
 
 
-def encode_batch(tokenizer: Any, texts: list[str]) -> list[Any]:
+def encode_batch(
+    tokenizer: Any, texts: list[str], with_offsets: list[bool] | None = None
+) -> list[Any]:
     """Batched encodings (``.ids``, ``.offsets``), special tokens included, as
-    ``tokenizer(texts, return_offsets_mapping=True)`` gives them; from the Rust backend the
-    offsets are converted to Python only for the rows that ask for them."""
+    ``tokenizer(texts, return_offsets_mapping=True)`` gives them. From the Rust backend only the
+    texts flagged in ``with_offsets`` (default: all) carry offsets; the others come from the
+    backend's offset-free ``encode_batch_fast`` (their ``.offsets`` are empty)."""
     backend = rust_backend(tokenizer)
     if backend is None:
         enc = tokenizer(texts, return_offsets_mapping=True)
         pairs = zip(enc["input_ids"], enc["offset_mapping"], strict=True)
         return [Encoded(ids, offsets) for ids, offsets in pairs]
-    return backend.encode_batch(texts)
+    if with_offsets is None or all(with_offsets):
+        return backend.encode_batch(texts)
+    encode_fast = getattr(backend, "encode_batch_fast", backend.encode_batch)
+    groups = {flag: [i for i, f in enumerate(with_offsets) if f == flag] for flag in (True, False)}
+    out: list[Any] = [None] * len(texts)
+    for flag, encode in ((True, backend.encode_batch), (False, encode_fast)):
+        chosen = groups[flag]
+        for i, encoding in zip(chosen, encode([texts[i] for i in chosen]), strict=True):
+            out[i] = encoding
+    return out
 
 
 class Encoder:
@@ -136,6 +152,7 @@ class Encoder:
         contexts: list[list[int]],
         budgets: list[int],
         source: str,
+        with_offsets: dict[int, Any],
     ) -> list[list[int]]:
         """Shorten the truncate field of every over-long row to fit its budget.
 
@@ -158,9 +175,12 @@ class Encoder:
                 f"exceed task.max_length={self.max_length} and task {self.task.name} has no "
                 "field that may be shortened"
             )
-        # character offsets only for the rows to cut (a few % of them)
-        to_cut = encode_batch(self.tokenizer, [context_texts[i] for i in pending])
-        current = dict(zip(pending, to_cut, strict=True))  # each row's latest encoding
+        # each row's latest encoding with character offsets
+        current = {i: with_offsets[i] for i in pending if i in with_offsets}
+        unexpected = [i for i in pending if i not in current]
+        if unexpected:  # over-long rows the first pass gave no offsets: encode them again
+            again = encode_batch(self.tokenizer, [context_texts[i] for i in unexpected])
+            current.update(zip(unexpected, again, strict=True))
         head = self.task.template.split("{" + field + "}")[0]  # the template before the field
         texts = {i: str(rows[i][field]) for i in pending}
 
@@ -212,7 +232,7 @@ class Encoder:
         ``first_after`` gives the tokenization of the shortened text: checked by re-tokenizing
         ``margin`` tokens either side of the cut together (one batched call) and getting the
         same tokens back. Windows touching a special token are not tried."""
-        windows, expected = {}, {}
+        windows, expected, spliced = {}, {}, {}
         for i, (last_kept, first_after) in cuts.items():
             ids, offsets = encoded[i].ids, encoded[i].offsets
             lo, hi = last_kept - margin + 1, min(first_after + margin, len(ids))
@@ -224,12 +244,13 @@ class Encoder:
                 + text[offsets[first_after][0] : offsets[hi - 1][1]]
             )
             expected[i] = ids[lo : last_kept + 1] + ids[first_after:hi]
+            spliced[i] = ids[: last_kept + 1] + ids[first_after:]
         if not windows:
             return {}
         rows = list(windows)
         again = token_ids(self.tokenizer, [windows[i] for i in rows], add_special_tokens=False)
         return {
-            i: encoded[i].ids[: cuts[i][0] + 1] + encoded[i].ids[cuts[i][1] :]
+            i: spliced[i]
             for i, window_ids in zip(rows, again, strict=True)
             if window_ids == expected[i]
         }
@@ -246,7 +267,6 @@ class Encoder:
         """Token ids per row; ``labelled=False`` (prediction) gives label -1 and gold NaN."""
         rows = [self.task.normalise(r, source, labelled) for r in rows]
         context_texts = [self.task.context(r) for r in rows]
-        contexts = token_ids(self.tokenizer, context_texts)
         generation = self.task.type == "generation"
         columns = ("context_ids", "choice_ids", "label", "gold", "truncated")
         out: dict[str, list] = {k: [] for k in (*columns, *(["answers"] if generation else []))}
@@ -260,7 +280,15 @@ class Encoder:
         budgets = [
             self.max_length - max([room, *(len(c) for c in row_choices)]) for row_choices in choices
         ]
-        fitted_contexts = self._fit(rows, context_texts, contexts, budgets, source)
+        # offsets (for the cut) only where a row is long enough to need one, in the same pass
+        likely_cut = [
+            len(text) > LIKELY_CUT_CHARS_PER_TOKEN * budget
+            for text, budget in zip(context_texts, budgets, strict=True)
+        ]
+        encodings = encode_batch(self.tokenizer, context_texts, with_offsets=likely_cut)
+        contexts = [e.ids for e in encodings]
+        with_offsets = {i: encodings[i] for i, flag in enumerate(likely_cut) if flag}
+        fitted_contexts = self._fit(rows, context_texts, contexts, budgets, source, with_offsets)
         for row, context_ids, fitted, row_choices in zip(
             rows, contexts, fitted_contexts, choices, strict=True
         ):
