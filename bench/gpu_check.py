@@ -1,8 +1,16 @@
-"""GPU path check: attention choice, CUDA bitsandbytes 8-bit, DeepSpeed ZeRO-3 over NCCL, and the
-ADePT vs PT-100 step/latency ratios on a random Llama-shaped model (no download).
+"""GPU path check: attention choice, CUDA bitsandbytes 8-bit, DeepSpeed ZeRO-3 over NCCL (modes a
+and b, with peak memory), the ADePT vs PT-100 step/latency ratios, and frozen forward+backward
+throughput / MFU over a batch × length grid, on random Llama-shaped models (no download).
 
     python bench/gpu_check.py --size 1b            # one GPU: prints one JSON line per check
+    python bench/gpu_check.py --checks mfu --mfu-sizes 1b,7b   # the MFU grid on 1B and 7B shapes
     python bench/gpu_check.py --size tiny --device cpu   # the same checks on CPU (gloo), quick
+
+MFU counts the FLOPs a frozen base spends when only its inputs need gradients (prompt tuning,
+ADePT): forward 2·N per token plus attention 4·L·s·d, backward to the inputs the same 2·N plus
+8·L·s·d (N: the decoder's matrix parameters; attention counted in full, as PaLM's appendix
+does, although causal kernels skip half). Peak bf16 dense FLOP/s: a table of known GPUs or
+``--peak-tflops``.
 
 The DeepSpeed check re-runs this file under ``torchrun --nproc_per_node 1`` (``--ds-worker``).
 """
@@ -12,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import subprocess
 import sys
 import tempfile
@@ -22,7 +31,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pipeline.engine.models import load_model, resolve_attention
+from pipeline.engine.models import flash_attention_available, load_model, resolve_attention
 from pipeline.methods import ADePT, PromptTuning
 
 SIZES = {
@@ -40,6 +49,19 @@ SIZES = {
         num_attention_heads=32,
         num_key_value_heads=4,
     ),
+    "7b": dict(  # Llama-2-7B
+        hidden_size=4096,
+        intermediate_size=11008,
+        num_hidden_layers=32,
+        num_attention_heads=32,
+        num_key_value_heads=32,
+    ),
+}
+PEAK_BF16_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "L40S": 362.0, "A10": 125.0}
+MFU_GRID = {  # (batch, tokens) per size: the 7B grid stays within ~60 GiB of activations
+    "tiny": [(1, 64), (4, 128)],
+    "1b": [(1, 512), (8, 512), (8, 2048), (32, 512), (32, 1024)],
+    "7b": [(1, 512), (4, 512), (1, 2048), (4, 2048), (8, 1024)],
 }
 
 
@@ -125,6 +147,72 @@ def check_speed(model_dir: Path, device: str, length: int, rows: int) -> None:
     )
 
 
+def peak_tflops(device: str, override: float | None) -> float | None:
+    if override or device != "cuda":
+        return override
+    name = torch.cuda.get_device_name()
+    return next((v for k, v in PEAK_BF16_TFLOPS.items() if k in name), None)
+
+
+def frozen_flops_per_token(config, tokens: int) -> float:
+    """Forward + input-only backward FLOPs per token of a frozen decoder (see the docstring)."""
+    d, layers, kv = config.hidden_size, config.num_hidden_layers, config.num_key_value_heads
+    head = d // config.num_attention_heads
+    matrices = layers * (2 * d * d + 2 * d * kv * head + 3 * d * config.intermediate_size)
+    return 4 * matrices + 12 * layers * tokens * d
+
+
+def frozen_step(model, embeds: torch.Tensor):
+    def step() -> None:
+        hidden = model.model(inputs_embeds=embeds).last_hidden_state
+        model.lm_head(hidden[:, -2:]).float().logsumexp(-1).sum().backward()
+        embeds.grad = None
+
+    return step
+
+
+def check_mfu(size: str, device: str, attention: str, peak: float | None) -> None:
+    """Frozen bf16 decoder, gradients to the input embeddings only, logits at 2 positions."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(
+        vocab_size=32000, max_position_embeddings=4096, attn_implementation=attention, **SIZES[size]
+    )
+    torch.manual_seed(0)
+    with torch.device(device):
+        model = LlamaForCausalLM(config).to(torch.bfloat16).eval()
+    model.requires_grad_(False)
+    for rows, tokens in MFU_GRID[size]:
+        embeds = torch.randn(rows, tokens, config.hidden_size, device=device, dtype=torch.bfloat16)
+        embeds.requires_grad_(True)
+        try:
+            if device == "cuda":
+                torch.cuda.reset_peak_memory_stats()
+            seconds = timed(frozen_step(model, embeds), device, repeats=3)
+        except torch.OutOfMemoryError:
+            emit("mfu", size=size, attention=attention, batch=rows, tokens=tokens, error="OOM")
+            torch.cuda.empty_cache()
+            continue
+        tflops = frozen_flops_per_token(config, tokens) * rows * tokens / seconds / 1e12
+        emit(
+            "mfu",
+            size=size,
+            attention=attention,
+            batch=rows,
+            tokens=tokens,
+            step_s=round(seconds, 4),
+            tokens_per_s=round(rows * tokens / seconds),
+            achieved_tflops=round(tflops, 1),
+            mfu=round(tflops / peak, 3) if peak else None,
+            peak_gib=round(torch.cuda.max_memory_allocated() / 2**30, 2)
+            if device == "cuda"
+            else None,
+        )
+    if device == "cuda":
+        model.to("meta")
+        torch.cuda.empty_cache()
+
+
 def check_int8(model_dir: Path, device: str) -> None:
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()
@@ -198,10 +286,24 @@ def ds_worker(model_dir: Path, int8: bool) -> None:
     emit(
         "deepspeed",
         mode="b (int8 base)" if int8 else "a (bf16 under ZeRO-3)",
+        model_parameters=sum(getattr(p, "ds_numel", p.numel()) for p in base.parameters()),
         backend=torch.distributed.get_backend(),
         engine_device=str(backend.engine.device),
         losses=losses,
+        peak_gpu_gib=round(torch.cuda.max_memory_allocated() / 2**30, 2)
+        if device == "cuda"
+        else None,
+        peak_rss_mb=round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
     )
+
+
+def mfu_grid(args: argparse.Namespace, peak: float | None) -> None:
+    for size in args.mfu_sizes.split(","):
+        for attention in args.attentions.split(","):
+            if attention == "flash_attention_2" and not flash_attention_available():
+                emit("mfu", size=size, attention=attention, error="flash-attn not installed")
+                continue
+            check_mfu(size, args.device, attention, peak)
 
 
 def main() -> None:
@@ -212,7 +314,13 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--ds-worker", choices=["bf16", "int8"])
     parser.add_argument("--model-dir")
-    parser.add_argument("--checks", default="speed,int8,deepspeed", help="comma-separated subset")
+    parser.add_argument(
+        "--checks", default="speed,int8,deepspeed,mfu", help="comma-separated subset"
+    )
+    parser.add_argument("--ds-size", choices=sorted(SIZES), default="tiny", help="ZeRO-3 model")
+    parser.add_argument("--mfu-sizes", default="1b", help="comma-separated sizes for the grid")
+    parser.add_argument("--attentions", default="sdpa,flash_attention_2", help="for the grid")
+    parser.add_argument("--peak-tflops", type=float, help="bf16 dense peak (default: by name)")
     args = parser.parse_args()
     if args.ds_worker:
         ds_worker(Path(args.model_dir), args.ds_worker == "int8")
@@ -225,10 +333,13 @@ def main() -> None:
     )
     with tempfile.TemporaryDirectory() as tmp:
         big = save_random_llama(args.size, Path(tmp) / "model")
-        tiny = save_random_llama("tiny", Path(tmp) / "tiny")
+        ds_model = big if args.ds_size == args.size else None
+        ds_model = ds_model or save_random_llama(args.ds_size, Path(tmp) / args.ds_size)
+        peak = peak_tflops(args.device, args.peak_tflops)
         checks = {
             "speed": lambda: check_speed(big, args.device, args.tokens, args.batch),
             "int8": lambda: check_int8(big, args.device),
+            "mfu": lambda: mfu_grid(args, peak),
         }
         wanted = args.checks.split(",")
         for name, fn in checks.items():
@@ -252,7 +363,7 @@ def main() -> None:
                     "--ds-worker",
                     mode,
                     "--model-dir",
-                    str(tiny),
+                    str(ds_model),
                 ],
                 env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
             ).returncode
