@@ -37,9 +37,10 @@ COLUMN_TYPES = {
 
 def as_dataset(columns: dict[str, list], fingerprint: str) -> datasets.Dataset:
     """The encoded columns as a dataset: Arrow arrays of known types (``from_dict`` infers them
-    value by value) named by the stage's key (``from_dict`` hashes every row to name it)."""
+    value by value; a column missing from ``COLUMN_TYPES`` still is) named by the stage's key
+    (``from_dict`` hashes every row to name it)."""
     table = pa.table(
-        {name: pa.array(values, COLUMN_TYPES[name]) for name, values in columns.items()}
+        {name: pa.array(values, COLUMN_TYPES.get(name)) for name, values in columns.items()}
     )
     return datasets.Dataset(InMemoryTable(table), fingerprint=fingerprint)
 
