@@ -152,7 +152,7 @@ class Encoder:
         contexts: list[list[int]],
         budgets: list[int],
         source: str,
-        with_offsets: dict[int, Any],
+        offset_encodings: dict[int, Any],
     ) -> list[list[int]]:
         """Shorten the truncate field of every over-long row to fit its budget.
 
@@ -175,12 +175,12 @@ class Encoder:
                 f"exceed task.max_length={self.max_length} and task {self.task.name} has no "
                 "field that may be shortened"
             )
-        # each row's latest encoding with character offsets
-        current = {i: with_offsets[i] for i in pending if i in with_offsets}
-        unexpected = [i for i in pending if i not in current]
+        # each row's token offsets (of its latest encoding), converted to Python once
+        offsets = {i: offset_encodings[i].offsets for i in pending if i in offset_encodings}
+        unexpected = [i for i in pending if i not in offsets]
         if unexpected:  # over-long rows the first pass gave no offsets: encode them again
             again = encode_batch(self.tokenizer, [context_texts[i] for i in unexpected])
-            current.update(zip(unexpected, again, strict=True))
+            offsets.update((i, e.offsets) for i, e in zip(unexpected, again, strict=True))
         head = self.task.template.split("{" + field + "}")[0]  # the template before the field
         texts = {i: str(rows[i][field]) for i in pending}
 
@@ -189,19 +189,18 @@ class Encoder:
             when a token straddles the field's end, the shortened field text)."""
             start = len(head.format(**{**rows[i], field: texts[i]}))
             end = start + len(texts[i])
-            offsets = current[i].offsets
-            inside = [j for j, (a, b) in enumerate(offsets) if b > start and a < end]
+            spans = offsets[i]
+            inside = [j for j, (a, b) in enumerate(spans) if b > start and a < end]
             keep = len(inside) - (len(contexts[i]) - budgets[i]) - slack
             if keep <= 0:
                 self._too_short(rows[i], field, budgets[i], source)
             last_kept = inside[keep - 1]
-            first_after = inside[-1] + 1 if offsets[inside[-1]][1] == end else None
-            return last_kept, first_after, texts[i][: offsets[last_kept][1] - start]
+            first_after = inside[-1] + 1 if spans[inside[-1]][1] == end else None
+            return last_kept, first_after, texts[i][: spans[last_kept][1] - start]
 
         cuts = {i: cut(i, slack=0) for i in pending}
         spliced = self._splice(
-            {i: context_texts[i] for i in pending},
-            current,
+            {i: (context_texts[i], contexts[i], offsets[i]) for i in pending},
             {i: (last, after) for i, (last, after, _) in cuts.items() if after is not None},
         )
         for i, ids in spliced.items():
@@ -214,7 +213,7 @@ class Encoder:
                 texts[i] = cut(i, slack=1)[2]
             shortened = [self.task.context({**rows[i], field: texts[i]}) for i in pending]
             for i, again in zip(pending, encode_batch(self.tokenizer, shortened), strict=True):
-                current[i], contexts[i] = again, again.ids
+                offsets[i], contexts[i] = again.offsets, again.ids
             pending = [i for i in pending if len(contexts[i]) > budgets[i]]
         if not pending:
             return contexts
@@ -223,22 +222,21 @@ class Encoder:
 
     def _splice(
         self,
-        contexts: dict[int, str],
-        encoded: dict[int, Any],
+        encoded: dict[int, tuple[str, list[int], list[tuple[int, int]]]],
         cuts: dict[int, tuple[int, int]],
         margin: int = 3,
     ) -> dict[int, list[int]]:
-        """{row: ids} for the rows where dropping the context's tokens between ``last_kept`` and
-        ``first_after`` gives the tokenization of the shortened text: checked by re-tokenizing
-        ``margin`` tokens either side of the cut together (one batched call) and getting the
-        same tokens back. Windows touching a special token are not tried."""
+        """{row: ids} for the rows (``encoded``: context text, ids, offsets) where dropping the
+        context's tokens between ``last_kept`` and ``first_after`` gives the tokenization of the
+        shortened text: checked by re-tokenizing ``margin`` tokens either side of the cut
+        together (one batched call) and getting the same tokens back. Windows touching a special
+        token are not tried."""
         windows, expected, spliced = {}, {}, {}
         for i, (last_kept, first_after) in cuts.items():
-            ids, offsets = encoded[i].ids, encoded[i].offsets
+            text, ids, offsets = encoded[i]
             lo, hi = last_kept - margin + 1, min(first_after + margin, len(ids))
             if lo < 0 or first_after >= hi or any(a == b for a, b in offsets[lo:hi]):
                 continue
-            text = contexts[i]
             windows[i] = (
                 text[offsets[lo][0] : offsets[last_kept][1]]
                 + text[offsets[first_after][0] : offsets[hi - 1][1]]
@@ -287,8 +285,10 @@ class Encoder:
         ]
         encodings = encode_batch(self.tokenizer, context_texts, with_offsets=likely_cut)
         contexts = [e.ids for e in encodings]
-        with_offsets = {i: encodings[i] for i, flag in enumerate(likely_cut) if flag}
-        fitted_contexts = self._fit(rows, context_texts, contexts, budgets, source, with_offsets)
+        offset_encodings = {i: encodings[i] for i, flag in enumerate(likely_cut) if flag}
+        fitted_contexts = self._fit(
+            rows, context_texts, contexts, budgets, source, offset_encodings
+        )
         for row, context_ids, fitted, row_choices in zip(
             rows, contexts, fitted_contexts, choices, strict=True
         ):
