@@ -65,12 +65,18 @@ MFU_GRID = {  # (batch, tokens) per size: the 7B grid stays within ~60 GiB of ac
 }
 
 
-def save_random_llama(size: str, directory: Path) -> Path:
-    from transformers import LlamaConfig, LlamaForCausalLM
+def random_llama(size: str, device: str = "cpu", **config):
+    """A random-weight Llama of ``size`` in bf16, built on ``device`` (seed 0)."""
+    from transformers import AutoModelForCausalLM, LlamaConfig
 
-    config = LlamaConfig(vocab_size=32000, max_position_embeddings=1024, **SIZES[size])
+    config = LlamaConfig(vocab_size=32000, max_position_embeddings=4096, **SIZES[size], **config)
     torch.manual_seed(0)
-    LlamaForCausalLM(config).to(torch.bfloat16).save_pretrained(directory)
+    with torch.device(device):
+        return AutoModelForCausalLM.from_config(config, torch_dtype=torch.bfloat16)
+
+
+def save_random_llama(size: str, directory: Path) -> Path:
+    random_llama(size).save_pretrained(directory)
     return directory
 
 
@@ -173,14 +179,8 @@ def frozen_step(model, embeds: torch.Tensor):
 
 def check_mfu(size: str, device: str, attention: str, peak: float | None) -> None:
     """Frozen bf16 decoder, gradients to the input embeddings only, logits at 2 positions."""
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    config = LlamaConfig(
-        vocab_size=32000, max_position_embeddings=4096, attn_implementation=attention, **SIZES[size]
-    )
-    torch.manual_seed(0)
-    with torch.device(device):
-        model = LlamaForCausalLM(config).to(torch.bfloat16).eval()
+    model = random_llama(size, device, attn_implementation=attention).eval()
+    config = model.config
     model.requires_grad_(False)
     for rows, tokens in MFU_GRID[size]:
         embeds = torch.randn(rows, tokens, config.hidden_size, device=device, dtype=torch.bfloat16)

@@ -172,7 +172,10 @@ def test_offsets_from_the_first_pass_or_a_second_one_give_the_same_rows(
         results[chars_per_token] = Encoder(task, gemma_tokenizer, 96).encode(rows, source)
         cut = sum(results[chars_per_token]["truncated"])
         first_pass_offsets, second_pass = passes[0], sum(passes[1:])
-        assert first_pass_offsets == {0.0: 200, 1e9: 0}.get(chars_per_token, first_pass_offsets)
+        if chars_per_token == 2.5:  # a part of the rows, every row to cut among them
+            assert cut <= first_pass_offsets < 200
+        else:
+            assert first_pass_offsets == {0.0: 200, 1e9: 0}[chars_per_token]
         assert second_pass == (cut if chars_per_token == 1e9 else 0)
     assert results[0.0] == results[2.5] == results[1e9]
     assert sum(results[0.0]["truncated"]) > 100

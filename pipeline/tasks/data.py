@@ -87,14 +87,18 @@ def rust_backend(tokenizer: Any) -> Any:
     return backend
 
 
+def offset_free(backend: Any) -> Any:
+    """The backend's batched encode without character offsets (``encode_batch_fast``,
+    tokenizers >= 0.21), else its ``encode_batch``."""
+    return getattr(backend, "encode_batch_fast", backend.encode_batch)
+
+
 def token_ids(tokenizer: Any, texts: list[str], add_special_tokens: bool = True) -> list[list[int]]:
     """Batched token ids of ``texts``, as ``tokenizer(texts)["input_ids"]``."""
     backend = rust_backend(tokenizer)
     if backend is None:
         return tokenizer(texts, add_special_tokens=add_special_tokens)["input_ids"]
-    # encode_batch_fast (tokenizers >= 0.21) skips the character offsets nobody asked for
-    encode = getattr(backend, "encode_batch_fast", backend.encode_batch)
-    return [e.ids for e in encode(texts, add_special_tokens=add_special_tokens)]
+    return [e.ids for e in offset_free(backend)(texts, add_special_tokens=add_special_tokens)]
 
 
 @dataclass
@@ -119,11 +123,9 @@ def encode_batch(
         return [Encoded(ids, offsets) for ids, offsets in pairs]
     if with_offsets is None or all(with_offsets):
         return backend.encode_batch(texts)
-    encode_fast = getattr(backend, "encode_batch_fast", backend.encode_batch)
-    groups = {flag: [i for i, f in enumerate(with_offsets) if f == flag] for flag in (True, False)}
     out: list[Any] = [None] * len(texts)
-    for flag, encode in ((True, backend.encode_batch), (False, encode_fast)):
-        chosen = groups[flag]
+    for encode, flag in ((backend.encode_batch, True), (offset_free(backend), False)):
+        chosen = [i for i, wanted in enumerate(with_offsets) if wanted == flag]
         for i, encoding in zip(chosen, encode([texts[i] for i in chosen]), strict=True):
             out[i] = encoding
     return out
