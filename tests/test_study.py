@@ -13,6 +13,8 @@ import yaml
 
 from pipeline.cli import main
 from pipeline.methods import adept_params, adept_rank
+from pipeline.study.plan import load_study
+from pipeline.study.report import other_metrics_table
 from tests.helpers import write_config
 
 METHODS = ("adept", "lora")
@@ -84,7 +86,8 @@ def test_selection_seeds_and_report(finished_study) -> None:
                 tmp / f"runs/tiny_study/variants/boolq-{method}-lr{chosen}-s{r['seed']}"
                 "/evaluate/metrics.json"
             )
-            assert r["test"] == json.loads(metrics_file.read_text())["adapter"]["accuracy"]
+            adapter = json.loads(metrics_file.read_text())["adapter"]
+            assert r["test"] == adapter["accuracy"] and r["test_metrics"] == adapter
             assert r["train_seconds_per_step"] > 0 and r["infer_seconds_per_batch"] > 0
     d, m = 64, 4  # tiny Gemma width; budget L=10 from the study's method section
     expected = adept_params(m, adept_rank(10, m, d), d)
@@ -102,8 +105,27 @@ def test_selection_seeds_and_report(finished_study) -> None:
     assert paired["ci95"][0] <= paired["difference"] <= paired["ci95"][1]
     assert 0.0 < paired["mcnemar_p"] <= 1.0 and paired["pairs"] == 12 * len(SEEDS)
     assert "| boolq | ADePT − LoRA | " in report and "## Per seed" in report
+    assert "## Other test metrics" not in report  # BoolQ is scored by accuracy alone
     for png in ("bars.png", "curves.png"):
         assert (tmp / "reports/tiny_study" / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_other_metrics_table_reports_macro_f1(tmp_path, tiny_model_dir) -> None:
+    """A task scored by more than its selection metric (CB: accuracy and macro-F1) gets the other
+    metrics' mean ± sd per method, and zero-shot's value, in their own table."""
+    study, _ = load_study(write_study(tmp_path, tiny_model_dir))
+    runs = {
+        "adept": [{"test_metrics": {"accuracy": 0.8, "macro_f1": f}} for f in (0.5, 0.7)],
+        "lora": [{"test_metrics": {"accuracy": 0.9, "macro_f1": f}} for f in (0.6, 0.6)],
+    }
+    results = {
+        "cb": {"metric": "accuracy", "zero_shot_metrics": {"macro_f1": 0.25}, "methods": runs}
+    }
+    table = other_metrics_table(study, results)
+    assert table[-1] == "| cb | macro_f1 | 0.250 | 0.600 ± 0.141 | 0.600 ± 0.000 |"
+    assert table[2] == "| task | metric | zero-shot | ADePT | LoRA |" and len(table) == 5
+    results["cb"]["methods"] = {m: [{"test_metrics": {"accuracy": 1.0}}] for m in runs}
+    assert other_metrics_table(study, results) == []
 
 
 def test_report_is_logged_to_mlflow(finished_study) -> None:

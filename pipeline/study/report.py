@@ -45,6 +45,7 @@ def collect(study: StudyConfig, seeds: list[Job]) -> dict[str, Any]:
         entry = results.setdefault(job.task, {"metric": metric, "methods": {}})
         if "zero_shot" in test:
             entry["zero_shot"] = test["zero_shot"][metric]
+            entry["zero_shot_metrics"] = test["zero_shot"]
             entry["zero_shot_seconds_per_batch"] = timing["zero_shot_seconds_per_batch"]
             if "dev_zero_shot" in test:
                 entry["dev_zero_shot"] = test["dev_zero_shot"][metric]
@@ -54,6 +55,7 @@ def collect(study: StudyConfig, seeds: list[Job]) -> dict[str, Any]:
                 "lr_index": job.lr_index,
                 "overrides": list(job.overrides),
                 "test": test["adapter"][metric],
+                "test_metrics": test["adapter"],
                 "dev": train[f"best_dev_{metric}"],
                 "best_step": train["best_step"],
                 "trainable_parameters": train["trainable_parameters"],
@@ -109,8 +111,9 @@ def render_markdown(
         f"(first seed); test = the paper's protocol split. {study.parallel} jobs at a time, "
         f"{study.threads_per_run} CPU thread(s) each.",
     ]
-    for section in (test_table, seed_table, paired_table, cost_table):
-        lines += ["", *section(study, results)]
+    for section in (test_table, other_metrics_table, seed_table, paired_table, cost_table):
+        if rendered := section(study, results):
+            lines += ["", *rendered]
     lines += ["", *grid_table(study, results, grid)]
     lines += ["", "![test scores](bars.png)", "", "![learning curves](curves.png)", ""]
     return "\n".join(lines)
@@ -140,6 +143,26 @@ def test_table(study: StudyConfig, results: dict[str, Any]) -> list[str]:
             f"| {label} | {params:,} | {' | '.join(cells)} | {statistics.fmean(means):.3f} |"
         )
     return lines
+
+
+def other_metrics_table(study: StudyConfig, results: dict[str, Any]) -> list[str]:
+    """The test metrics besides the selection one (CB: macro-F1); empty when there are none."""
+    rows = []
+    for task, entry in results.items():
+        runs = entry["methods"]
+        first = runs[next(iter(runs))][0].get("test_metrics", {})
+        for name in (n for n in first if n != entry["metric"]):
+            zero = entry.get("zero_shot_metrics", {}).get(name)
+            cells = ["–" if zero is None else f"{zero:.3f}"]
+            for method in study.methods:
+                mean, sd = mean_spread([r["test_metrics"][name] for r in runs[method]])
+                cells.append(f"{mean:.3f} ± {sd:.3f}")
+            rows.append(f"| {task} | {name} | {' | '.join(cells)} |")
+    if not rows:
+        return []
+    head = ["task", "metric", "zero-shot", *map(method_label, study.methods)]
+    title = "## Other test metrics (mean ± sample sd over seeds; not used for selection)"
+    return [title, "", *_table(head), *rows]
 
 
 def seed_table(study: StudyConfig, results: dict[str, Any]) -> list[str]:
