@@ -4,7 +4,8 @@ method, with the shared prompt prefix on (the default) and off, in one run.
 Each (task, method) is built from the study's own job config (its first learning-rate point:
 steps, batch, max length and method settings as the study ran them) on the real Gemma 3 270M
 (bf16), through the same wrapper and scoring code; real training rows for the step, real test
-rows (--score-batches batches of eval.batch_size) for scoring. Medians of --repeats, round-robin.
+rows (--score-batches batches of eval.batch_size) for scoring; ADePT's scoring also with its FFN
+folded into the input table (as ``export.fold`` serves it). Medians of --repeats, round-robin.
 
     OMP_WAIT_POLICY=PASSIVE python bench/study_costs.py configs/studies/gemma3_270m.yaml
 """
@@ -12,6 +13,8 @@ rows (--score-batches batches of eval.batch_size) for scoring. Medians of --repe
 from __future__ import annotations
 
 import argparse
+import math
+from collections.abc import Callable
 
 from common import (
     gemma,
@@ -25,6 +28,30 @@ from common import (
 from pipeline.core.config import load_config
 from pipeline.methods import ZeroShot, wrap
 from pipeline.study.plan import load_study, plan_grid
+
+
+def test_rows(tokenizer, task: str, cfg, score_batches: int) -> tuple[dict, int]:
+    """Up to ``score_batches`` evaluation batches of real test rows, and how many batches they
+    fill (a test split smaller than that, e.g. CB's 28 rows, is one partial batch)."""
+    wanted = cfg.eval.batch_size * score_batches
+    _, test = real_batch(tokenizer, task, wanted, split="test", max_length=cfg.task.max_length)
+    return test, math.ceil(len(test["context_ids"]) / cfg.eval.batch_size)
+
+
+def folded(model, evaluate: Callable[[], None]) -> Callable[[], None]:
+    """``evaluate`` with the method's offset folded into the input table for that call only (the
+    train steps timed beside it still need the unfolded model)."""
+    table = model.fold().folded_embeddings
+    model.unfold()
+
+    def run() -> None:
+        model.folded_embeddings = table
+        try:
+            evaluate()
+        finally:
+            model.unfold()
+
+    return run
 
 
 def main() -> None:
@@ -43,9 +70,9 @@ def main() -> None:
         cfg = load_config(base_config, list(job.overrides))
         length = cfg.task.max_length
         batch, _ = real_batch(tokenizer, job.task, cfg.train.batch_size, max_length=length)
-        rows = cfg.eval.batch_size * args.score_batches
-        _, test = real_batch(tokenizer, job.task, rows, split="test", max_length=length)
-        model = wrap(base, cfg.method_config(base.config.get_text_config()), tokenizer)
+        test, batches = test_rows(tokenizer, job.task, cfg, args.score_batches)
+        method = cfg.method_config(base.config.get_text_config())
+        model = wrap(base, method, tokenizer)
         best = "shared" if model.shared_prefix else "unshared"  # before timing toggles it
         modes = (True, False) if model.shared_prefix else (False,)
         steps = {}
@@ -53,8 +80,10 @@ def main() -> None:
             name = "shared" if shared else "unshared"
             steps[f"train_{name}"] = timed_train_step(model, batch, shared)
             steps[f"test_{name}"] = timed_evaluation(model, test, pad, cfg.eval.batch_size, shared)
+        if method.can_fold:  # ADePT as export.fold serves it: the FFN folded into the input table
+            steps["test_folded"] = folded(model, steps[f"test_{best}"])
         seconds = interleaved_medians(steps, args.repeats)
-        per_batch = {k: v / args.score_batches for k, v in seconds.items() if k.startswith("test")}
+        per_batch = {k: v / batches for k, v in seconds.items() if k.startswith("test")}
         cells.append({"task": job.task, "method": job.method, "train": seconds, **per_batch})
         table.append(
             (
@@ -64,6 +93,7 @@ def main() -> None:
                 f"{seconds[f'train_{best}']:.2f}",
                 f"{per_batch.get('test_unshared', float('nan')):.2f}",
                 f"{per_batch[f'test_{best}']:.2f}",
+                f"{per_batch['test_folded']:.2f}" if method.can_fold else "—",
             )
         )
         print(cells[-1], flush=True)
@@ -71,15 +101,14 @@ def main() -> None:
     for task in study.tasks:
         job = next(j for j in first_points if j.task == task)
         cfg = load_config(base_config, list(job.overrides))
-        rows = cfg.eval.batch_size * args.score_batches
-        _, test = real_batch(tokenizer, task, rows, split="test", max_length=cfg.task.max_length)
+        test, batches = test_rows(tokenizer, task, cfg, args.score_batches)
         seconds = interleaved_medians(
             {"test": timed_evaluation(zero_shot, test, pad, cfg.eval.batch_size, False)},
             args.repeats,
         )
-        per_batch = seconds["test"] / args.score_batches
+        per_batch = seconds["test"] / batches
         cells.append({"task": task, "method": "zero_shot", "test": per_batch})
-        table.append((task, "zero_shot", "—", "—", f"{per_batch:.2f}", f"{per_batch:.2f}"))
+        table.append((task, "zero_shot", "—", "—", f"{per_batch:.2f}", f"{per_batch:.2f}", "—"))
     report(
         {"bench": "study_costs", "study": study.name, "cells": cells},
         table,
@@ -90,6 +119,7 @@ def main() -> None:
             "train s/step shared",
             "test s/batch unshared",
             "test s/batch shared",
+            "test s/batch folded",
         ),
     )
 
