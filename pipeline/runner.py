@@ -5,9 +5,10 @@ The stages come from their own declarations (``stages.PIPELINE``; see
 to ``runs/<name>/<stage>/`` when it succeeds; its ``manifest.json`` (stage key, config hash,
 input digests, output checksums) is written last. A stage whose manifest matches its key is a
 cache hit; ``--force`` re-runs it. A key is the hash of the config values the stage declares plus
-the output digests of its upstream stages, so changing a learning rate re-runs
-train/evaluate/export but not tokenize/shard. A distributed stage asked for several ranks is
-started under torchrun (pipeline/launch/commands.py) unless this process already is a rank.
+the output digests of its upstream stages (and the stage's code version once raised), so changing
+a learning rate re-runs train/evaluate/export but not tokenize/shard. A distributed stage asked
+for several ranks is started under torchrun (pipeline/launch/commands.py) unless this process
+already is a rank.
 """
 
 from __future__ import annotations
@@ -76,10 +77,10 @@ class Runner:
         for upstream in stage.upstream:
             manifest = read_manifest(self.stage_dir(upstream))
             inputs[upstream] = manifest["digest"] if manifest else "missing"
-        blob = json.dumps(
-            {"stage": stage.name, "config": stage.key_inputs(self.config), "inputs": inputs},
-            sort_keys=True,
-        )
+        keyed = {"stage": stage.name, "config": stage.key_inputs(self.config), "inputs": inputs}
+        if stage.version > 1:
+            keyed["version"] = stage.version
+        blob = json.dumps(keyed, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:16], inputs
 
     def is_cached(self, stage: Stage) -> bool:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import json
 import re
 import shutil
@@ -12,8 +14,10 @@ import pytest
 import yaml
 
 from pipeline.cli import main
+from pipeline.core.config import load_config
 from pipeline.core.files import checksum_tree
 from pipeline.core.stage import read_manifest
+from pipeline.runner import BY_NAME, Runner
 from tests.helpers import REPO, write_boolq_rows, write_config
 
 STAGE_NAMES = ["tokenize", "shard", "train", "evaluate", "export"]
@@ -95,6 +99,24 @@ def test_set_override_reruns_only_dependent_stages(finished_run, capsys) -> None
     }
     resolved = json.loads((run / "config.resolved.json").read_text())
     assert resolved["train"]["lr"]["prompt"] == 0.01
+
+
+def test_stage_version_reruns_outputs_of_older_code(finished_run) -> None:
+    """Raising a stage's version misses its cache; version 1 keys are the keys stages had before
+    versions existed (config values + upstream digests), so those caches stay valid."""
+    config, _ = finished_run
+    runner = Runner(load_config(config))
+    tokenize = BY_NAME["tokenize"]
+    assert runner.is_cached(tokenize) and tokenize.version == 2
+    raised = dataclasses.replace(tokenize, version=3)
+    assert runner.stage_key(raised)[0] != runner.stage_key(tokenize)[0]
+    assert not runner.is_cached(raised)
+    shard = BY_NAME["shard"]
+    assert shard.version == 1 and runner.is_cached(shard)
+    key, inputs = runner.stage_key(shard)
+    unversioned = {"stage": "shard", "config": shard.key_inputs(runner.config), "inputs": inputs}
+    blob = json.dumps(unversioned, sort_keys=True).encode()
+    assert key == hashlib.sha256(blob).hexdigest()[:16]
 
 
 def test_evaluate_alone_from_saved_outputs(finished_run, capsys) -> None:

@@ -42,6 +42,10 @@ class Stage:
     """Produced once per sweep and shared by its variants (keyed by this stage's key)."""
     distributed: bool = False
     """Runs on every rank (under torchrun when the config asks for several ranks)."""
+    version: int = 1
+    """Raised when the stage's code changes what it writes for the same config and inputs, so
+    outputs cached by older code re-run. Version 1 adds nothing to the key (caches written before
+    stages had versions stay valid)."""
 
     def key_inputs(self, config: PipelineConfig) -> dict[str, Any]:
         """The config values this stage's outputs depend on."""
