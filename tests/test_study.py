@@ -95,6 +95,7 @@ def test_selection_seeds_and_report(finished_study) -> None:
     assert 0.0 <= boolq["zero_shot"] <= 1.0
     report = (tmp / "reports/tiny_study/report.md").read_text()
     assert f"pipeline compare {path}" in report and "Git commit:" in report
+    assert "2 job(s) at a time" in report  # the study file's parallel: 2
     lora_mean = statistics.fmean(r["test"] for r in boolq["methods"]["lora"])
     assert f"| LoRA | {boolq['methods']['lora'][0]['trainable_parameters']:,} | " in report
     assert f"{lora_mean:.3f} ± " in report
@@ -164,6 +165,8 @@ def test_report_only_renders_without_running_jobs(finished_study, tmp_path, tiny
     assert {p: p.stat().st_mtime_ns for p in logs} == logs
     after = json.loads((tmp / "reports/tiny_study/results.json").read_text())["results"]
     assert after == before
+    report = (tmp / "reports/tiny_study/report.md").read_text()
+    assert "saved outputs (`--report-only`)" in report and "job(s) at a time" not in report
     fresh = write_study(tmp_path, tiny_model_dir)
     assert main(["compare", str(fresh), "--report-only"]) == 2
     assert not (tmp_path / "reports").exists()

@@ -78,4 +78,4 @@ def compare(
     seeds = plan_seeds(study, select(study, grid))
     if not report_only:
         run_jobs(study, base, by_cost(seeds, study), "seeds")
-    return write_report(study, path, base, grid, seeds, command)
+    return write_report(study, path, base, grid, seeds, command, ran_jobs=not report_only)

@@ -99,8 +99,21 @@ def grid_scores(study: StudyConfig, grid: list[Job]) -> dict[str, dict[str, list
 
 
 def render_markdown(
-    study: StudyConfig, results: dict[str, Any], grid: dict[str, Any], command: str, commit: str
+    study: StudyConfig,
+    results: dict[str, Any],
+    grid: dict[str, Any],
+    command: str,
+    commit: str,
+    ran_jobs: bool = True,
 ) -> str:
+    """The report; ``ran_jobs`` false: rendered from saved outputs, which do not record how many
+    jobs ran at a time."""
+    how = (
+        f"{study.parallel} job(s) at a time, {study.threads_per_run} CPU thread(s) each."
+        if ran_jobs
+        else "Rendered from the jobs' saved outputs (`--report-only`): how many jobs ran at a "
+        "time is not recorded."
+    )
     lines = [
         f"# Method comparison: {study.name}",
         "",
@@ -108,8 +121,7 @@ def render_markdown(
         f"Git commit: `{commit}`  ",
         f"Seeds: {', '.join(map(str, study.seeds))}; learning rate per task × method picked on "
         f"dev from {', '.join(f'{m}: {len(p)}' for m, p in study.lr_grid.items())} grid points "
-        f"(first seed); test = the paper's protocol split. {study.parallel} jobs at a time, "
-        f"{study.threads_per_run} CPU thread(s) each.",
+        f"(first seed); test = the paper's protocol split. {how}",
     ]
     for section in (test_table, other_metrics_table, seed_table, paired_table, cost_table):
         if rendered := section(study, results):
@@ -339,6 +351,7 @@ def write_report(
     grid: list[Job],
     seeds: list[Job],
     command: str | None = None,
+    ran_jobs: bool = True,
 ) -> Path:
     """Collect, render and publish; returns ``report_dir/<name>``."""
     results = collect(study, seeds)
@@ -346,7 +359,8 @@ def write_report(
     commit = git_commit()
     final = Path(study.report_dir) / study.name
     with atomic_directory(final) as tmp:
-        markdown = render_markdown(study, results, grid_scores(study, grid), command, commit)
+        scores = grid_scores(study, grid)
+        markdown = render_markdown(study, results, scores, command, commit, ran_jobs)
         (tmp / "report.md").write_text(markdown)
         plot_bars(study, results, tmp / "bars.png")
         plot_curves(study, results, tmp / "curves.png")
