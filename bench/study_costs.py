@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import math
 from collections.abc import Callable
+from typing import NamedTuple
 
 from common import (
     gemma,
@@ -30,12 +31,22 @@ from pipeline.methods import ZeroShot, wrap
 from pipeline.study.plan import load_study, plan_grid
 
 
-def test_rows(tokenizer, task: str, cfg, score_batches: int) -> tuple[dict, int]:
-    """Up to ``score_batches`` evaluation batches of real test rows, and how many batches they
-    fill (a test split smaller than that, e.g. CB's 28 rows, is one partial batch)."""
-    wanted = cfg.eval.batch_size * score_batches
-    _, test = real_batch(tokenizer, task, wanted, split="test", max_length=cfg.task.max_length)
-    return test, math.ceil(len(test["context_ids"]) / cfg.eval.batch_size)
+class TaskRows(NamedTuple):
+    """One task's real rows, the same for every method: a training batch, up to
+    ``score_batches`` evaluation batches of test rows, and how many batches those fill (CB's 28
+    test rows are one partial batch)."""
+
+    train: dict
+    test: dict
+    batches: int
+    eval_batch_size: int
+
+
+def task_rows(tokenizer, task: str, cfg, score_batches: int) -> TaskRows:
+    length, eval_batch = cfg.task.max_length, cfg.eval.batch_size
+    train, _ = real_batch(tokenizer, task, cfg.train.batch_size, max_length=length)
+    _, test = real_batch(tokenizer, task, eval_batch * score_batches, "test", length)
+    return TaskRows(train, test, math.ceil(len(test["context_ids"]) / eval_batch), eval_batch)
 
 
 def folded(model, evaluate: Callable[[], None]) -> Callable[[], None]:
@@ -66,11 +77,12 @@ def main() -> None:
     pad = tokenizer.pad_token_id
     first_points = [job for job in plan_grid(study) if job.lr_index == 0]
     cells, table = [], []
+    rows: dict[str, TaskRows] = {}
     for job in first_points:
         cfg = load_config(base_config, list(job.overrides))
-        length = cfg.task.max_length
-        batch, _ = real_batch(tokenizer, job.task, cfg.train.batch_size, max_length=length)
-        test, batches = test_rows(tokenizer, job.task, cfg, args.score_batches)
+        if job.task not in rows:
+            rows[job.task] = task_rows(tokenizer, job.task, cfg, args.score_batches)
+        batch, test, batches, eval_batch = rows[job.task]
         method = cfg.method_config(base.config.get_text_config())
         model = wrap(base, method, tokenizer)
         best = "shared" if model.shared_prefix else "unshared"  # before timing toggles it
@@ -79,7 +91,7 @@ def main() -> None:
         for shared in modes:
             name = "shared" if shared else "unshared"
             steps[f"train_{name}"] = timed_train_step(model, batch, shared)
-            steps[f"test_{name}"] = timed_evaluation(model, test, pad, cfg.eval.batch_size, shared)
+            steps[f"test_{name}"] = timed_evaluation(model, test, pad, eval_batch, shared)
         if method.can_fold:  # ADePT as export.fold serves it: the FFN folded into the input table
             steps["test_folded"] = folded(model, steps[f"test_{best}"])
         seconds = interleaved_medians(steps, args.repeats)
@@ -99,11 +111,9 @@ def main() -> None:
         print(cells[-1], flush=True)
     zero_shot = ZeroShot(base)  # the base alone: no prompt, nothing to share
     for task in study.tasks:
-        job = next(j for j in first_points if j.task == task)
-        cfg = load_config(base_config, list(job.overrides))
-        test, batches = test_rows(tokenizer, task, cfg, args.score_batches)
+        _, test, batches, eval_batch = rows[task]
         seconds = interleaved_medians(
-            {"test": timed_evaluation(zero_shot, test, pad, cfg.eval.batch_size, False)},
+            {"test": timed_evaluation(zero_shot, test, pad, eval_batch, False)},
             args.repeats,
         )
         per_batch = seconds["test"] / batches

@@ -165,17 +165,17 @@ def test_offsets_from_the_first_pass_or_a_second_one_give_the_same_rows(
         return encode_batch(tokenizer, texts, with_offsets)
 
     monkeypatch.setattr(data, "encode_batch", counting)
-    results = {}
-    for chars_per_token in (0.0, 2.5, 1e9):  # all rows, the default guess, none
+    results, default = {}, data.LIKELY_CUT_CHARS_PER_TOKEN
+    for chars_per_token in (0.0, default, 1e9):  # all rows, the default guess, none
         monkeypatch.setattr(data, "LIKELY_CUT_CHARS_PER_TOKEN", chars_per_token)
         passes.clear()
         results[chars_per_token] = Encoder(task, gemma_tokenizer, 96).encode(rows, source)
         cut = sum(results[chars_per_token]["truncated"])
         first_pass_offsets, second_pass = passes[0], sum(passes[1:])
-        if chars_per_token == 2.5:  # a part of the rows, every row to cut among them
+        if chars_per_token == default:  # a part of the rows, every row to cut among them
             assert cut <= first_pass_offsets < 200
         else:
             assert first_pass_offsets == {0.0: 200, 1e9: 0}[chars_per_token]
         assert second_pass == (cut if chars_per_token == 1e9 else 0)
-    assert results[0.0] == results[2.5] == results[1e9]
+    assert results[0.0] == results[default] == results[1e9]
     assert sum(results[0.0]["truncated"]) > 100
