@@ -12,6 +12,7 @@ from pathlib import Path
 
 import torch
 
+from pipeline.engine.hardware import describe_machine, resolve_precision
 from pipeline.engine.models import GEMMA_PACKAGE_SOURCE, load_model, load_tokenizer
 from pipeline.engine.scoring import score_choices, training_batch
 from pipeline.tasks import Encoder, get_task, load_task_splits
@@ -34,7 +35,9 @@ def real_batch(
     return training_batch(encoded["context_ids"], answers, tokenizer.pad_token_id), encoded
 
 
-def gemma(dtype: str = "bfloat16"):
+def gemma(dtype: str = "auto"):
+    """Tokenizer and base; ``auto``: this machine's dtype, as a run resolves it."""
+    dtype = resolve_precision(dtype).dtype
     return load_tokenizer(GEMMA_PACKAGE_SOURCE), load_model(GEMMA_PACKAGE_SOURCE, dtype, "sdpa")
 
 
@@ -89,8 +92,8 @@ def peak_rss_mb() -> float:
 
 
 def report(result: dict, table: list[tuple[str, ...]], header: tuple[str, ...]) -> None:
-    """One JSON line, then a markdown table."""
-    print(json.dumps(result))
+    """One JSON line (with the machine it was measured on), then a markdown table."""
+    print(json.dumps({**result, "machine": describe_machine()}))
     print("\n| " + " | ".join(header) + " |\n|" + "---|" * len(header))
     for row in table:
         print("| " + " | ".join(row) + " |")

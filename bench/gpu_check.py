@@ -31,6 +31,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from pipeline.engine.hardware import describe_machine
 from pipeline.engine.models import flash_attention_available, load_model, resolve_attention
 from pipeline.methods import ADePT, PromptTuning
 
@@ -110,7 +111,7 @@ def timed(fn, device: str, repeats: int = 5) -> float:
 
 
 def emit(check: str, **fields) -> None:
-    print(json.dumps({"check": check, **fields}), flush=True)
+    print(json.dumps({"check": check, **fields, "machine": describe_machine()}), flush=True)
 
 
 def check_speed(model_dir: Path, device: str, length: int, rows: int) -> None:

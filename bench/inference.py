@@ -22,7 +22,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
 
-    tokenizer, base = gemma("bfloat16")
+    tokenizer, base = gemma("auto")
     _, encoded = real_batch(tokenizer, args.task, args.batch, split="test")
     contexts, choices = encoded["context_ids"], encoded["choice_ids"]
     n = max(len(c) for c in contexts)

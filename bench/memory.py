@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 from common import gemma, peak_rss_mb, real_batch, report
 
+from pipeline.engine.hardware import describe_machine
 from pipeline.methods import ADePT, DePT, LoRA, PromptTuning, ZeroShot
 
 METHODS = {
@@ -38,7 +39,7 @@ def vm_hwm_mb() -> float:
 
 
 def child(method: str) -> None:
-    tokenizer, base = gemma("bfloat16")
+    tokenizer, base = gemma("auto")
     batch, _ = real_batch(tokenizer, "sst2", 8)
     loaded = peak_rss_mb()
     reset_peak_rss()  # from here on VmHWM is the peak of the training steps alone
@@ -64,6 +65,7 @@ def child(method: str) -> None:
         json.dumps(
             {
                 "method": method,
+                "machine": describe_machine(),
                 "load_peak_rss_mb": loaded,
                 "train_peak_rss_mb": vm_hwm_mb(),
                 "optimizer_state_bytes": state_bytes,

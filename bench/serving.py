@@ -32,6 +32,7 @@ from transformers import AutoModelForCausalLM
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from pipeline.engine.hardware import describe_machine  # noqa: E402
 from pipeline.tasks import get_task, load_task_splits  # noqa: E402
 from tests.helpers import free_port, http_service, post_json  # noqa: E402
 
@@ -113,7 +114,7 @@ def main() -> None:
         args.version
         or json.loads((args.run_dir / "export" / "registered.json").read_text())["version"]
     )
-    results: dict = {"torch_threads": torch.get_num_threads()}
+    results: dict = {"machine": describe_machine()}
     if args.only != "rest":
         results["merged"] = merged_agreement(args.run_dir)
     if args.only != "merged":

@@ -23,6 +23,7 @@ from common import (
     timed_train_step,
 )
 
+from pipeline.engine.hardware import resolve_precision
 from pipeline.methods import ADePT
 
 
@@ -30,13 +31,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tasks", default="sst2,boolq")
     parser.add_argument("--batches", default="8,32")
-    parser.add_argument("--dtypes", default="bfloat16,float32")
+    parser.add_argument("--dtypes", default="auto")
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--score-batches", type=int, default=2)
     args = parser.parse_args()
 
     cells, table = [], []
-    for dtype in args.dtypes.split(","):
+    for dtype in (resolve_precision(d).dtype for d in args.dtypes.split(",")):
         tokenizer, base = gemma(dtype)
         model = ADePT(base, num_virtual_tokens=60)
         for task in args.tasks.split(","):

@@ -73,7 +73,7 @@ def main() -> None:
     args = parser.parse_args()
 
     study, base_config = load_study(args.study)
-    tokenizer, base = gemma("bfloat16")
+    tokenizer, base = gemma("auto")
     pad = tokenizer.pad_token_id
     first_points = [job for job in plan_grid(study) if job.lr_index == 0]
     cells, table = [], []

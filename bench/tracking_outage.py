@@ -29,6 +29,7 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from pipeline.engine.hardware import describe_machine  # noqa: E402
 from tests.helpers import ENV, free_port, losses, mlflow_server, tracked_losses  # noqa: E402
 
 
@@ -126,7 +127,7 @@ def main() -> None:
     for r in results:
         r["train_s_lost"] = round(float(r["train_s"]) - float(base["train_s"]), 1)
         r["wall_s_lost"] = round(float(r["wall_s"]) - float(base["wall_s"]), 1)
-        print(json.dumps(r))
+        print(json.dumps({**r, "machine": describe_machine()}))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=1))
 

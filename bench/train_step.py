@@ -16,6 +16,7 @@ import torch
 from common import gemma, interleaved_medians, real_batch, report
 from peft import PromptTuningConfig, get_peft_model
 
+from pipeline.engine.hardware import resolve_precision
 from pipeline.methods import ADePT, DePT, PromptTuning
 
 
@@ -60,11 +61,12 @@ def peft_prompt_tuning(base, batch, length: int):
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--task", default="sst2", choices=["sst2", "boolq"])
-    parser.add_argument("--dtype", default="bfloat16")
+    parser.add_argument("--dtype", default="auto")
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--steps", type=int, default=3)
     args = parser.parse_args()
 
+    args.dtype = resolve_precision(args.dtype).dtype
     tokenizer, base = gemma(args.dtype)
     batch, _ = real_batch(tokenizer, args.task, args.batch)
     n = batch["input_ids"].shape[1]

@@ -1,4 +1,9 @@
-"""The ``pipeline`` command: run, validate, predict, sweep, submit, compare."""
+"""The ``pipeline`` command: run, validate, predict, sweep, submit, compare.
+
+Parsing arguments and checking a config import neither torch nor the other heavy libraries
+(transformers, datasets, mlflow, deepspeed): ``--help`` and a config with a mistake answer at
+once; each command imports what it runs.
+"""
 
 from __future__ import annotations
 
@@ -8,42 +13,43 @@ import logging
 import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import yaml
 
-from .core.config import ConfigError, PipelineConfig, load_config
-from .core.files import ensure_writable, write_text_atomic
-from .engine.distributed import dist_env, exit_process, is_distributed_launch
-from .engine.predict import PREDICT_BATCH_SIZE
+from .core.ranks import dist_env, exit_process, is_distributed_launch
 from .launch.signals import Interrupted, Preempted, interrupting_on_stop_signals
-from .runner import STAGE_NAMES, Runner
+
+if TYPE_CHECKING:
+    from .core.config import PipelineConfig
 
 log = logging.getLogger("pipeline")
 EXIT_USAGE = 2  # bad config / input: the message says what to fix
+NO_PROBE_HELP = "skip the time estimate (it times a few steps of the model, once per machine)"
+STAGE_ORDER = ("tokenize", "shard", "train", "evaluate", "export")  # stages/__init__.py's PIPELINE
+
+
+KNOWN_ERRORS = (  # (module, class): they end a command with one `error:` line and exit 2
+    ("pipeline.core.yaml_files", "ConfigError"),
+    ("pipeline.tracking.tracker", "TrackingError"),
+    ("pipeline.launch.slurm", "SlurmError"),
+    ("pipeline.study.jobs", "StudyError"),
+    ("pipeline.core.stage", "StageError"),
+    ("pipeline.core.locks", "LockHeld"),
+    ("pipeline.launch.commands", "LaunchError"),
+    ("pipeline.tasks.readers", "DataError"),
+    ("pipeline.engine.models", "ModelLoadError"),
+    ("pipeline.methods.base", "BudgetError"),
+)
 
 
 def _known_errors() -> tuple[type[BaseException], ...]:
-    from .core.locks import LockHeld
-    from .core.stage import StageError
-    from .engine.models import ModelLoadError
-    from .launch.commands import LaunchError
-    from .launch.slurm import SlurmError
-    from .methods import BudgetError
-    from .study.jobs import StudyError
-    from .tasks import DataError
-    from .tracking.tracker import TrackingError
-
+    """The errors that end a command with one line. An error class whose module was never
+    imported cannot have been raised, so its module is not imported just to name it (that
+    would load torch and more for a config with a typo)."""
+    loaded = (getattr(sys.modules[m], name) for m, name in KNOWN_ERRORS if m in sys.modules)
     return (
-        ConfigError,
-        TrackingError,
-        SlurmError,
-        StudyError,
-        StageError,
-        LockHeld,
-        LaunchError,
-        DataError,
-        ModelLoadError,
-        BudgetError,
+        *loaded,
         FloatingPointError,
         OSError,  # missing files, permissions, disk full, read-only file system: the OS's words
         ValueError,
@@ -52,7 +58,7 @@ def _known_errors() -> tuple[type[BaseException], ...]:
 
 def _stages(arg: str | None) -> tuple[str, ...]:
     if not arg:
-        return STAGE_NAMES
+        return STAGE_ORDER
     return tuple(s.strip() for s in arg.split(",") if s.strip())
 
 
@@ -73,6 +79,7 @@ def check_local_model(source: str) -> None:
 def preflight(config: PipelineConfig) -> None:
     """Budget and DeepSpeed checks before any stage runs (skipped when the model's dims are
     not available offline yet; loading reports that case itself)."""
+    from .core.config import ConfigError
     from .engine.planning import model_spec
     from .methods import BudgetError
 
@@ -92,14 +99,32 @@ def preflight(config: PipelineConfig) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    config = load_config(args.config, args.set, args.variant)
+    from .core.config import load_config
+    from .core.files import ensure_writable
+
+    config = load_config(args.config, args.set, args.variant)  # a mistake stops here, at once
     if not is_distributed_launch() or dist_env()[0] == 0:
         ensure_writable(config.run_dir)  # cheapest check first: fail before reading any model
-    preflight(config)
-    runner = Runner(config, config_file=Path(args.config))
+    from .engine.hardware import configure_threads
+    from .runner import Runner
+
+    configure_threads()
+    runner = Runner(config, config_file=Path(args.config))  # resolves model.dtype: auto
+    preflight(runner.config)
+    if not args.no_probe:
+        log_estimate(runner, _stages(args.stages))
     results = runner.run(_stages(args.stages), force=args.force)
-    print_summary(config, results)
+    print_summary(runner.config, results)
     return 0
+
+
+def log_estimate(runner, stages: tuple[str, ...]) -> None:
+    """The run's time estimate, one log line before any stage (engine/estimate.py)."""
+    from .engine.estimate import estimate_stages
+
+    plan = {s: status for s, status in runner.plan().items() if s in stages}
+    estimate = estimate_stages(runner.context, plan)
+    log.info("%s", estimate if isinstance(estimate, str) else estimate.line())
 
 
 def print_summary(config: PipelineConfig, results) -> None:
@@ -150,11 +175,18 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
+    from .core.config import load_config
+
+    config = load_config(args.config, args.set)  # a config with a mistake stops here, at once
+    from .engine.hardware import configure_threads
     from .engine.planning import plan
+    from .runner import Runner
     from .tracking.tracker import redact
 
-    config = load_config(args.config, args.set)
+    configure_threads()  # as the run will: the estimate times these threads
     check_local_model(config.model.source)
+    runner = Runner(config)  # resolves model.dtype: auto for this machine
+    config = runner.config
     planned = plan(config)
     print("# resolved config")
     print(yaml.safe_dump(redact(config.to_dict()), sort_keys=False).rstrip())
@@ -169,8 +201,16 @@ def cmd_validate(args: argparse.Namespace) -> int:
         f"PT budget={b['pt_budget']:,} ({b['fraction_of_pt_budget']:.2%})"
     )
     print("\n# stage plan")
-    for stage, status in Runner(config).plan().items():
+    plan = runner.plan()
+    for stage, status in plan.items():
         print(f"{stage:<9} {status}")
+    print(f"\n# precision\nmodel.dtype {config.model.dtype} → {config.model.compute_dtype}")
+    if not args.no_probe:
+        from .engine.estimate import estimate_stages
+
+        estimate = estimate_stages(runner.context, plan)
+        print("\n# time estimate")
+        print(estimate if isinstance(estimate, str) else estimate.line())
     if config.distributed.deepspeed:
         from .engine.deepspeed_config import ds_config_path, fill_ds_config
 
@@ -196,16 +236,19 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
+    from .core.config import ConfigError
+    from .core.files import write_text_atomic
     from .engine.predict import Predictor
     from .tasks.readers import read_jsonl
 
+    batch_size = {"batch_size": args.batch_size} if args.batch_size else {}
     output = Path(args.output) if args.output else None
     if output is not None and not output.parent.is_dir():
         raise ConfigError(f"--output {output}: {output.parent} is not a directory")
     rows = [{k: v for k, v in r.items() if k != "_line"} for r in read_jsonl(Path(args.input))]
     if not rows:
         raise ConfigError(f"--input {args.input}: no rows to predict")
-    results = Predictor(args.run).predict(rows, batch_size=args.batch_size)
+    results = Predictor(args.run).predict(rows, **batch_size)
     lines = "".join(json.dumps(result) + "\n" for result in results)
     if output is not None:
         write_text_atomic(output, lines)
@@ -231,9 +274,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser("run", help="run the stages (cached stages are skipped)")
     with_config(run)
-    run.add_argument("--stages", help=f"comma-separated subset of {','.join(STAGE_NAMES)}")
+    run.add_argument("--stages", help=f"comma-separated subset of {','.join(STAGE_ORDER)}")
     run.add_argument("--force", action="store_true", help="re-run stages even when cached")
     run.add_argument("--variant", type=int, help="run the i-th combination of the sweep: grid")
+    run.add_argument("--no-probe", action="store_true", help=NO_PROBE_HELP)
     run.set_defaults(func=cmd_run)
 
     sweep = sub.add_parser("sweep", help="list the sweep's variants and the --array range")
@@ -262,15 +306,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     compare.set_defaults(func=cmd_compare)
 
-    validate = sub.add_parser("validate", help="check config, print budget, stage and memory plan")
+    validate = sub.add_parser(
+        "validate", help="check config, print budget, stage plan, time estimate and memory plan"
+    )
     with_config(validate)
+    validate.add_argument("--no-probe", action="store_true", help=NO_PROBE_HELP)
     validate.set_defaults(func=cmd_validate)
 
     predict = sub.add_parser("predict", help="score JSONL rows with a trained adapter")
     predict.add_argument("run", help="run directory or export directory")
     predict.add_argument("--input", required=True, help="JSONL rows with the task's fields")
     predict.add_argument("--output", help="write JSONL here instead of stdout")
-    predict.add_argument("--batch-size", type=int, default=PREDICT_BATCH_SIZE)
+    predict.add_argument("--batch-size", type=int, help="rows per forward pass (default 16)")
     predict.set_defaults(func=cmd_predict)
     return parser
 

@@ -30,8 +30,11 @@ from stages import PIPELINE
 from .core.config import PipelineConfig
 from .core.files import MANIFEST, checksum_tree, ensure_writable, read_json, write_json_atomic
 from .core.locks import BlockingLock, RunLock
+from .core.ranks import dist_env, is_distributed_launch
 from .core.stage import RunContext, Stage, StageError, StageResult, read_manifest
-from .engine.distributed import barrier, dist_env, init_process_group, is_distributed_launch
+from .engine.distributed import barrier, init_process_group
+from .engine.hardware import with_resolved_dtype
+from .engine.models import cache_dir
 from .launch.commands import distributed_stage_command, rank_env
 from .launch.signals import Preempted, clear_marker, raise_if_marked, run_forwarding_signals
 from .launch.slurm import NodeFailures
@@ -50,6 +53,7 @@ class Runner:
     def __init__(
         self, config: PipelineConfig, track: bool = True, config_file: Path | None = None
     ) -> None:
+        config = with_resolved_dtype(config, cache_dir())  # auto → this machine's dtype
         self.config = config
         self.config_file = config_file
         self.run_dir = config.run_dir

@@ -34,7 +34,7 @@ def run(ctx: RunContext) -> dict[str, Any]:
     test = datasets.load_from_disk(str(ctx.input_dir("tokenize") / "test"))
     adapter_dir = ctx.input_dir("train") / "best_adapter"
 
-    # built one at a time: wrapping the base again takes out a LoRA adapter's layers
+    # built one at a time, each unloaded after scoring (a LoRA adapter lives inside the base)
     models = {
         "adapter": lambda: SoftPromptModel.from_pretrained(
             base, adapter_dir, shared_prefix=cfg.model.shared_prefix_in_evaluation
@@ -49,6 +49,7 @@ def run(ctx: RunContext) -> dict[str, Any]:
         started = time.perf_counter()
         with tqdm(total=len(test), desc=f"evaluate {name}", unit="row", mininterval=5) as bar:
             metrics, rows = evaluate_split(model, task, test, tokenizer, cfg.eval.batch_size, bar)
+        model.unload()
         batches = max(math.ceil(len(test) / cfg.eval.batch_size), 1)
         timing[f"{name}_seconds_per_batch"] = round((time.perf_counter() - started) / batches, 4)
         results[name] = metrics

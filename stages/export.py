@@ -44,7 +44,7 @@ def write_merged(ctx: RunContext, adapter_src: Path, description: dict[str, Any]
     """``merged/``: the adapter merged into a fresh, unquantised copy of the base (merging
     rewrites the tables in place); returns the prefix text."""
     m = ctx.config.model
-    base = load_model(m.source, m.dtype, m.attention, load_in_8bit=False, token=m.hub_token)
+    base = load_model(m.source, m.compute_dtype, m.attention, load_in_8bit=False, token=m.hub_token)
     tokenizer = load_tokenizer(m.source, token=m.hub_token)
     model = SoftPromptModel.from_pretrained(base, adapter_src).eval()
     prefix = merge_adapter(model, tokenizer)

@@ -13,7 +13,7 @@ Loop:     ``train.steps`` optimiser steps of ``batch_size × grad_accum × world
           best adapter); a checkpoint every ``checkpoint_every`` steps and on SIGTERM/SIGUSR1
           (then it stops with Preempted: pipeline/launch/signals.py).
 Finalize: rank 0 copies history, best adapter and the loss curve into the stage output; other
-          ranks write nothing.
+          ranks write nothing. The base is unloaded (LoRA's layers out) for the next stage.
 Raises:   FloatingPointError when the loss turns NaN/inf (the last good adapter is kept);
           ValueError for a corrupt checkpoint (checksum mismatch).
 """
@@ -35,11 +35,12 @@ import torch
 from tqdm.auto import tqdm
 
 from pipeline.core.files import peak_rss_mib, write_json_atomic
+from pipeline.core.ranks import dist_env
 from pipeline.core.stage import RunContext, Stage
 from pipeline.engine.backends import build_backend, load_training_base
 from pipeline.engine.batches import BatchStream
 from pipeline.engine.checkpoint import Checkpointer
-from pipeline.engine.distributed import any_rank, dist_env, init_process_group
+from pipeline.engine.distributed import any_rank, init_process_group
 from pipeline.engine.evaluation import evaluate_split
 from pipeline.engine.models import context_tokenizer
 from pipeline.engine.scoring import training_batch
@@ -283,9 +284,12 @@ def finalize(t: Trainer, progress: Progress, seconds: float) -> dict[str, Any]:
 def run(ctx: RunContext) -> dict[str, Any]:
     started = time.perf_counter()
     trainer = setup(ctx)
-    progress = resume(trainer)
-    loop(trainer, progress)
-    return finalize(trainer, progress, time.perf_counter() - started)
+    try:
+        progress = resume(trainer)
+        loop(trainer, progress)
+        return finalize(trainer, progress, time.perf_counter() - started)
+    finally:
+        trainer.model.unload()  # evaluate gets the base as loaded (LoRA's layers taken out)
 
 
 STAGE = Stage(

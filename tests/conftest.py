@@ -9,13 +9,14 @@ import pytest
 import torch
 from transformers import Gemma3ForCausalLM, Gemma3TextConfig
 
+from pipeline.engine.hardware import configure_threads
 from tests.helpers import TINY_DIMS, tiny_gemma, tiny_llama
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
-torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+configure_threads()  # the cores this process owns; OMP_NUM_THREADS wins
 
 
 TINY_MODELS = {"llama": tiny_llama, "gemma": tiny_gemma}

@@ -59,7 +59,10 @@ def test_starts_as_the_base_and_trains_only_lora(tiny_base) -> None:
     assert all(p.dtype == torch.float32 for p in model.parameter_groups()["lora"])
     _train(model)
     assert not torch.allclose(model.logits(input_ids, mask), before)
-    ZeroShot(tiny_base)  # takes the LoRA layers out again
+    with pytest.raises(ValueError, match="still holds the LoRA layers of another wrapper"):
+        ZeroShot(tiny_base)  # never a silent change of the base
+    assert model.unload() is tiny_base  # the layers come out only when asked
+    torch.testing.assert_close(ZeroShot(tiny_base).eval().logits(input_ids, mask), before)
     for name, value in frozen.items():  # the base's own weights are untouched
         assert torch.equal(tiny_base.state_dict()[name], value), name
 
@@ -72,8 +75,8 @@ def test_save_load_round_trip_and_rewrap_restores_base(tiny_base, tmp_path) -> N
     _train(model)
     trained = model.logits(input_ids, mask)
     model.save_adapter(tmp_path / "adapter")
-    # wrapping the same base again takes the LoRA layers out: zero-shot is the base again
-    assert torch.equal(ZeroShot(tiny_base).eval().logits(input_ids, mask), base_logits)
+    # unloading takes the LoRA layers out: zero-shot is the base again
+    assert torch.equal(ZeroShot(model.unload()).eval().logits(input_ids, mask), base_logits)
     loaded = SoftPromptModel.from_pretrained(pristine, tmp_path / "adapter").eval()
     assert type(loaded) is LoRA and loaded.config.rank == 2
     torch.testing.assert_close(loaded.logits(input_ids, mask), trained, rtol=0, atol=1e-6)
@@ -129,3 +132,30 @@ def test_each_method_keeps_its_own_defaults(name, dropout, alpha) -> None:
 def test_method_key_the_method_lacks_is_an_error(name, key) -> None:
     with pytest.raises(ValueError, match=f"method.{key}: method '{name}' has no option '{key}'"):
         PipelineConfig.model_validate({"name": "x", "method": {"name": name, key: 0.2}})
+
+
+@pytest.mark.parametrize("method", ["adept", "lora"])
+def test_building_wrappers_leaves_the_global_rng_and_the_base_alone(tiny_base, method) -> None:
+    """As the evaluate stage does it: the adapter, scored, unloaded, then the zero-shot wrapper.
+    No construction reseeds the caller's RNG (the init draws from config.seed in its own scope)
+    and the base ends as it began; the same seed gives the same adapter whatever the RNG."""
+    from pipeline.methods import ADePT
+
+    build = {
+        "adept": lambda: ADePT(tiny_base, num_virtual_tokens=4),
+        "lora": lambda: LoRA(tiny_base, rank=2),
+    }[method]
+    modules = [(n, type(m)) for n, m in tiny_base.named_modules()]
+    torch.manual_seed(123)
+    state = torch.get_rng_state()
+    adapter = build()
+    assert torch.equal(torch.get_rng_state(), state)
+    first = {k: v.clone() for k, v in adapter.adapter_state_dict().items()}
+    adapter.eval().logits(*random_batch())
+    adapter.unload()
+    ZeroShot(tiny_base)
+    assert torch.equal(torch.get_rng_state(), state)
+    assert [(n, type(m)) for n, m in tiny_base.named_modules()] == modules
+    torch.manual_seed(999)  # another caller state, the same config.seed
+    again = build().adapter_state_dict()
+    assert all(torch.equal(again[k], v) for k, v in first.items())

@@ -239,7 +239,7 @@ def test_dept_rejects_inputs_longer_than_table(tiny_base) -> None:
 def test_adept_ffn_init_matches_authors_distribution() -> None:
     """A ~ U(±1/√r) (the authors' d×r kaiming init, fan-in r), not nn.Linear's U(±1/√d);
     up-projection and both biases start at zero (the offset is exactly zero at step 0)."""
-    from pipeline.methods.adept import TokenFFNOffset
+    from pipeline.methods.adept.model import TokenFFNOffset
 
     d, r = 640, 19  # Gemma 3 270M, m=60 at the PT-100 budget
     torch.manual_seed(0)
@@ -323,3 +323,39 @@ def test_exported_folded_table_loads_as_documented(tmp_path) -> None:
     with torch.no_grad():
         plain = base(inputs_embeds=embeds).logits[:, M:]
     torch.testing.assert_close(plain, expected, rtol=1e-5, atol=1e-5)
+
+
+def hand_written_offset(model: SoftPromptModel, embeds: torch.Tensor) -> torch.Tensor:
+    """Each method's embedding offset written out from the paper's formulas, from the raw
+    parameters (not the modules' forward): none for PT; DePT adds (alpha / sqrt(r)) · (A B)
+    row by token position; ADePT adds ReLU(e W_down + b_down) W_up + b_up (eval: no dropout)."""
+    offset = model.offset
+    if offset is None:
+        return embeds
+    if isinstance(model, DePT):
+        config = model.config
+        positions = torch.arange(embeds.shape[1])
+        rows = offset.lora_a.detach()[positions] @ offset.lora_b.detach()
+        return embeds + config.alpha / config.rank**0.5 * rows
+    down, up = offset.down, offset.up
+    hidden = torch.relu(embeds @ down.weight.detach().T + down.bias.detach())
+    return embeds + hidden @ up.weight.detach().T + up.bias.detach()
+
+
+@pytest.mark.parametrize("method", [PromptTuning, DePT, ADePT])
+def test_each_method_equals_its_hand_written_formula(tiny_base, method) -> None:
+    """The base fed [P; e_1 + offset_1 … e_n + offset_n] by hand gives the wrapper's logits,
+    with every trainable tensor non-zero (pins DePT's alpha/sqrt(r) scale, ADePT's FFN and the
+    prompt's place in front of the text)."""
+    model = make(method, tiny_base).eval()
+    perturb(model, scale=0.2)
+    input_ids, mask = random_batch()
+    with torch.no_grad():
+        embeds = hand_written_offset(model, model.base.get_input_embeddings()(input_ids))
+        prompt = model.prompt.detach().unsqueeze(0).expand(len(input_ids), -1, -1)
+        full_mask = torch.cat([torch.ones(len(input_ids), M, dtype=mask.dtype), mask], 1)
+        inputs = torch.cat([prompt, embeds], 1)
+        reference = model.base(inputs_embeds=inputs, attention_mask=full_mask).logits[:, M:]
+        ours = model.logits(input_ids, mask)
+    assert (reference - model.base(input_ids, attention_mask=mask).logits).abs().max() > 1e-2
+    torch.testing.assert_close(ours, reference, rtol=0, atol=1e-5)

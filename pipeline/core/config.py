@@ -42,6 +42,10 @@ from .yaml_files import (
 )
 
 DEFAULT_METHOD = {"name": "adept"}
+EIGHT_BIT_DEEPSPEED = (
+    "model.load_in_8bit with distributed.deepspeed needs model.dtype bfloat16 or float16 (int8 "
+    "matmuls compute in 16-bit); set model.dtype: bfloat16"
+)
 
 
 class ModelSection(Section):
@@ -49,7 +53,17 @@ class ModelSection(Section):
     hub_token: str | None = Field(
         None, description="Token for gated hub models (else HF_TOKEN); never logged or printed."
     )
-    dtype: Literal["float32", "bfloat16", "float16"] = "bfloat16"
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto",
+        description="Compute dtype of the frozen base. auto: bfloat16 where the hardware computes "
+        "it natively (a CUDA GPU with bf16, a CPU with AVX512-BF16 or AMX), else float32 "
+        "(engine/hardware.py); an explicit bfloat16 on a CPU without it runs 30-100x slower.",
+    )
+    dtype_resolved: Literal["float32", "bfloat16", "float16"] | None = Field(
+        None,
+        description="Filled in when a run starts: what dtype means on this machine (part of "
+        "the stage keys and the MLflow params). Not for YAML: it is recomputed.",
+    )
     attention: Literal["auto", "sdpa", "eager", "flash_attention_2"] = "auto"
     load_in_8bit: bool = Field(False, description="Frozen base in 8-bit via bitsandbytes.")
     shared_prefix: bool | None = Field(
@@ -60,6 +74,15 @@ class ModelSection(Section):
         "under ZeRO-3 mode (a) on several ranks, where the prefix's second decoder call gathers "
         "every partitioned layer again (measured slower: bench/scale.py --compare-prefix).",
     )
+
+    @property
+    def compute_dtype(self) -> str:
+        """The dtype the base is loaded in: ``dtype`` with ``auto`` resolved."""
+        if self.dtype != "auto":
+            return self.dtype
+        if self.dtype_resolved is None:
+            raise RuntimeError("model.dtype auto is not resolved yet (engine/hardware.py)")
+        return self.dtype_resolved
 
     @property
     def shared_prefix_in_evaluation(self) -> bool:
@@ -269,10 +292,7 @@ class PipelineConfig(Section):
                 "DeepSpeed"
             )
         if self.model.load_in_8bit and self.model.dtype == "float32" and dist.deepspeed:
-            raise ValueError(
-                "model.load_in_8bit with distributed.deepspeed needs model.dtype bfloat16 or "
-                "float16 (int8 matmuls compute in 16-bit); set model.dtype: bfloat16"
-            )
+            raise ValueError(EIGHT_BIT_DEEPSPEED)
         return self
 
     # ------------------------------------------------------------------ derived values

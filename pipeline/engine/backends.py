@@ -20,11 +20,12 @@ from safetensors.torch import load_file, save_file
 
 from ..core.config import PipelineConfig
 from ..core.files import load_json
+from ..core.ranks import dist_env
 from ..core.stage import RunContext
 from ..methods import SoftPromptModel
 from .checkpoint import rng_state, set_rng_state
 from .deepspeed_config import fill_ds_config, zero3_loading
-from .distributed import all_reduce_mean, dist_env
+from .distributed import all_reduce_mean
 from .models import context_base_model
 from .optim import build_optimizer, build_scheduler
 

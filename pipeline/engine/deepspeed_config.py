@@ -31,8 +31,8 @@ def fill_ds_config(config: PipelineConfig, world_size: int) -> dict[str, Any]:
         "gradient_accumulation_steps": train.grad_accum,
         "train_batch_size": train.batch_size * train.grad_accum * world_size,
         "gradient_clipping": train.max_grad_norm,
-        "bf16.enabled": config.model.dtype == "bfloat16" and not config.model.load_in_8bit,
-        "fp16.enabled": config.model.dtype == "float16",
+        "bf16.enabled": config.model.compute_dtype == "bfloat16" and not config.model.load_in_8bit,
+        "fp16.enabled": config.model.compute_dtype == "float16",
         "zero_optimization.stage": config.distributed.zero_stage,
     }
 

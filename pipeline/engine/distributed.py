@@ -1,37 +1,16 @@
-"""Ranks and process groups: who this process is, joining the group, small collectives."""
+"""Process groups: joining the group, small collectives (who this process is: core/ranks.py)."""
 
 from __future__ import annotations
 
-import logging
 import os
-import sys
 from datetime import timedelta
 
 import torch
 
+from ..core.ranks import dist_env
+
 # how long a rank waits in a collective before the job fails (model loading on a slow node counts)
 COLLECTIVE_TIMEOUT = timedelta(minutes=30)
-
-
-def dist_env() -> tuple[int, int, int]:
-    """(rank, world_size, local_rank) from torchrun's or Slurm's environment."""
-    if "WORLD_SIZE" in os.environ:
-        return (
-            int(os.environ.get("RANK", 0)),
-            int(os.environ["WORLD_SIZE"]),
-            int(os.environ.get("LOCAL_RANK", 0)),
-        )
-    if "SLURM_NTASKS" in os.environ and int(os.environ["SLURM_NTASKS"]) > 1:
-        return (
-            int(os.environ["SLURM_PROCID"]),
-            int(os.environ["SLURM_NTASKS"]),
-            int(os.environ.get("SLURM_LOCALID", 0)),
-        )
-    return 0, 1, 0
-
-
-def is_distributed_launch() -> bool:
-    return dist_env()[1] > 1
 
 
 def init_process_group() -> None:
@@ -50,20 +29,6 @@ def init_process_group() -> None:
     deepspeed.init_distributed(
         dist_backend=backend, auto_mpi_discovery=False, timeout=COLLECTIVE_TIMEOUT, verbose=False
     )
-
-
-def exit_process(code: int) -> None:
-    """End this process with ``code``. A rank of a process group leaves the group and skips the
-    interpreter's teardown (``os._exit`` after flushing logs and stdio): C++ destructors racing
-    gloo's threads there abort a rank (SIGABRT, 'terminate called without an active exception')
-    now and then after all its work is done, and torchrun then reports the stage failed."""
-    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
-        sys.exit(code)
-    torch.distributed.destroy_process_group()
-    logging.shutdown()
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(code)
 
 
 def barrier() -> None:

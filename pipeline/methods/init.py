@@ -3,11 +3,21 @@
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Iterator
 
 import torch
 from torch import nn
 
 from .base import SoftPromptConfig
+
+
+@contextlib.contextmanager
+def seeded(seed: int) -> Iterator[None]:
+    """Draws inside come from ``seed``; the global RNG (CPU and CUDA) is as it was after."""
+    devices = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        yield
 
 
 def gathered(module: nn.Module) -> contextlib.AbstractContextManager:

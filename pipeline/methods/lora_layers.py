@@ -1,19 +1,21 @@
 """PEFT's LoRA layers, put into the frozen base's attention projections and taken out again
-(the LoRA method itself is in lora.py; the wrapper owns scoring).
+(the LoRA method itself is in lora/; the wrapper owns scoring).
 
-LoRA changes the base module in place. Wrapping a base again (another method, the zero-shot
-model, or a LoRA loaded from disk) first takes earlier LoRA layers out, so each wrapper sees the
-pristine base and the most recent wrapper of a base is the one that works.
+LoRA changes the base module in place, and only LoRA does: ``LoRA.unload()`` takes the layers
+out again, and wrapping a base that still holds them is an error rather than a silent change.
 """
 
 from __future__ import annotations
 
-import torch
 from torch import nn
 
 
 def _is_lora_layer(module: nn.Module) -> bool:
     return type(module).__module__.startswith("peft.tuners.lora")
+
+
+def has_lora(base: nn.Module) -> bool:
+    return any(_is_lora_layer(module) for module in base.modules())
 
 
 def strip_lora(base: nn.Module) -> None:
@@ -39,8 +41,7 @@ def inject_lora(base: nn.Module, config) -> list[nn.Parameter]:
         lora_dropout=config.dropout,
         target_modules=list(config.target_modules),
     )
-    torch.manual_seed(config.seed)
-    inject_adapter_in_model(peft_config, base)
+    inject_adapter_in_model(peft_config, base)  # under the caller's seeded(config.seed)
     params = [p for n, p in base.named_parameters() if "lora_" in n]
     for p in params:
         p.data = p.data.float()

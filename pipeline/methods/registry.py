@@ -1,7 +1,9 @@
-"""The method registry: one entry per method, added by the method's own module.
+"""The method registry: one entry per method, added by the method's own config module.
 
-Adding a method = one module that defines a config class and a model class and calls
-:func:`register_method` (HF PEFT's ``register_peft_method`` is the model). The pipeline finds a
+Adding a method = a config class and a model class and one :func:`register_method` call (HF
+PEFT's ``register_peft_method`` is the model); the built-in methods register from their torch-free
+``config.py`` and name their ``model.py`` class through a function, so validating a config
+imports no torch. The pipeline finds a
 method only through here: the YAML ``method:`` section is validated against the chosen method's
 config class (a key the method does not have is an error naming it), adapters are loaded back by
 the method name they record, and reports take the method's label from here. Methods outside this
@@ -12,6 +14,7 @@ from __future__ import annotations
 
 import functools
 import importlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,24 +35,38 @@ class MethodConfigError(ValueError):
 class MethodSpec:
     name: str
     config_class: type[MethodConfig]
-    model_class: type
+    load_model_class: Callable[[], type]
     label: str
     module: str
+    """The module that registers the method (imported again to load an adapter of a plugin)."""
+
+    @property
+    def model_class(self) -> type:
+        """The method's module class (its file imports torch: loaded on first use)."""
+        model_class = self.load_model_class()
+        model_class.config_class = self.config_class
+        return model_class
 
 
 _METHODS: dict[str, MethodSpec] = {}
 
 
-def register_method(config_class: type[MethodConfig], model_class: type, label: str) -> MethodSpec:
-    """Make ``config_class.method`` a method name the pipeline knows (call it at import time)."""
+def register_method(
+    config_class: type[MethodConfig], model_class: type | Callable[[], type], label: str
+) -> MethodSpec:
+    """Make ``config_class.method`` a method name the pipeline knows (call it at import time).
+    ``model_class``: the module class, or a function returning it, so that a config file can
+    register its method without importing torch."""
     name = config_class.method
     if not name:
         raise ValueError(f"{config_class.__name__}.method must name the method")
     known = _METHODS.get(name)
     if known is not None and known.config_class is not config_class:
         raise ValueError(f"method {name!r} is already registered by {known.module}")
-    model_class.config_class = config_class
-    spec = MethodSpec(name, config_class, model_class, label, model_class.__module__)
+    if isinstance(model_class, type):  # a plugin module that defines both classes
+        spec = MethodSpec(name, config_class, lambda: model_class, label, model_class.__module__)
+    else:
+        spec = MethodSpec(name, config_class, model_class, label, config_class.__module__)
     _METHODS[name] = spec
     return spec
 

@@ -25,9 +25,9 @@ from torch import nn
 
 from ..core.files import CorruptFileError, atomic_directory, load_json
 from .base import MethodConfig
-from .init import init_prompt
+from .init import init_prompt, seeded
 from .layout import right_align
-from .lora_layers import strip_lora
+from .lora_layers import has_lora
 from .prefix import Prefix, run_prefix, run_text, shared_prefix_supported
 from .registry import config_from_dict, get_method, method_names
 
@@ -79,7 +79,11 @@ class SoftPromptModel(nn.Module):
         **fields: Any,
     ) -> None:
         super().__init__()
-        strip_lora(base)  # a base wrapped earlier by LoRA gets its pristine layers back
+        if has_lora(base):
+            raise ValueError(
+                "this base still holds the LoRA layers of another wrapper: call that "
+                "wrapper's unload() first (wrapping never changes a base behind your back)"
+            )
         text_config = base.config.get_text_config()
         if config is None:
             if self.config_class is MethodConfig:
@@ -97,19 +101,24 @@ class SoftPromptModel(nn.Module):
         self.final_logit_softcapping = getattr(text_config, "final_logit_softcapping", None)
         embedding = base.get_input_embeddings()
         device = embedding.weight.device
-        torch.manual_seed(config.seed)
         self.soft_prompt: SoftPrompt | None = None
-        if config.prompt_length > 0:
-            if _init_prompt and device.type != "meta":  # meta: shapes only, for planning
-                prompt = init_prompt(config, embedding, self.vocab_size, tokenizer)
-            else:
-                prompt = torch.empty(config.prompt_length, d)
-            self.soft_prompt = SoftPrompt(prompt.to(device))
-        offset = self.build_offset(config, d)
+        with seeded(config.seed):  # the init draws from config.seed; the caller's RNG is kept
+            if config.prompt_length > 0:
+                if _init_prompt and device.type != "meta":  # meta: shapes only, for planning
+                    prompt = init_prompt(config, embedding, self.vocab_size, tokenizer)
+                else:
+                    prompt = torch.empty(config.prompt_length, d)
+                self.soft_prompt = SoftPrompt(prompt.to(device))
+            offset = self.build_offset(config, d)
         self.offset = offset.to(device) if offset is not None else None
         self.folded_embeddings: torch.Tensor | None = None
         self.shared_prefix = shared_prefix
         self._prefix_memo: tuple[tuple, Prefix] | None = None
+
+    def unload(self) -> nn.Module:
+        """The base as it was before this wrapper (LoRA takes its layers out; the other methods
+        never change it). The wrapper is unusable afterwards."""
+        return self.base
 
     @classmethod
     def build_offset(cls, config: MethodConfig, d: int) -> nn.Module | None:

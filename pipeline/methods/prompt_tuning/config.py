@@ -1,4 +1,4 @@
-"""Vanilla prompt tuning (Lester et al.): the model sees [P; e_1 … e_n], no embedding offset.
+"""Vanilla prompt tuning's config and parameter count (no torch: ``pipeline validate`` reads it).
 
 Its L·d parameters are the budget the other methods are sized against (PT-100 by default).
 """
@@ -8,9 +8,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import ClassVar
 
-from .base import SoftPromptConfig
-from .registry import register_method
-from .wrapper import SoftPromptModel
+from ..base import SoftPromptConfig
+from ..registry import register_method
 
 
 @dataclass
@@ -28,8 +27,10 @@ def prompt_tuning_params(length: int, d: int) -> int:
     return length * d
 
 
-class PromptTuning(SoftPromptModel):
-    """Vanilla prompt tuning; ``PromptTuning(base, num_virtual_tokens=100)``."""
+def _model() -> type:
+    from .model import PromptTuning
+
+    return PromptTuning
 
 
-register_method(PromptTuningConfig, PromptTuning, label="PT")
+register_method(PromptTuningConfig, _model, label="PT")

@@ -9,7 +9,7 @@ r)`` stores the same matrix as r×d (fan-in d) and the same call would give U(±
 smaller (5.8× on Gemma 3 270M); B starts at zero, so its first gradients scale with A and a small
 A slows the FFN's start.
 
-Budget: m·d + 2·r·d + r + d ≤ L·d. Because the offset depends on e_i only, for a frozen embedding
+Budget and rank rule: :mod:`.config`. Because the offset depends on e_i only, for a frozen embedding
 table it folds into a copy of the table, E'[v] = e_v + FFN(e_v) (eval mode), so inference needs
 no FFN at all.
 """
@@ -17,55 +17,12 @@ no FFN at all.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field, replace
-from typing import Any, ClassVar
 
 import torch
 from torch import nn
 
-from .base import BudgetError, DecomposedConfig, check_dropout
-from .registry import register_method
-from .wrapper import SoftPromptModel
-
-
-@dataclass
-class ADePTConfig(DecomposedConfig):
-    """m prompt vectors + a token-shared FFN (d→r→d, residual) offsetting each input token."""
-
-    method: ClassVar[str] = "adept"
-    can_fold: ClassVar[bool] = True
-    can_merge: ClassVar[bool] = True
-
-    dropout: float = field(default=0.1, metadata={"help": "Dropout before the FFN's ReLU."})
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        check_dropout(self.dropout)
-
-    def resolve(self, text_config: Any, max_length: int | None = None) -> ADePTConfig:
-        if self.rank is not None:
-            return self
-        d = text_config.hidden_size
-        return replace(self, rank=adept_rank(self.budget_tokens, self.num_virtual_tokens, d))
-
-    def trainable_parameters(self, d: int) -> int:
-        return adept_params(self.num_virtual_tokens, self.rank, d)
-
-
-def adept_params(m: int, r: int, d: int) -> int:
-    """ADePT: m·d + 2·r·d + r + d (FFN d→r→d with both biases)."""
-    return m * d + 2 * r * d + r + d
-
-
-def adept_rank(budget_tokens: int, m: int, d: int) -> int:
-    """Largest r with m·d + 2rd + r + d ≤ L·d, i.e. r = floor((L − m − 1)·d / (2d + 1))."""
-    r = (budget_tokens - m - 1) * d // (2 * d + 1)
-    if r < 1:
-        raise BudgetError(
-            f"ADePT budget L={budget_tokens} with m={m}, d={d} leaves r={r} < 1; "
-            "use fewer prompt tokens (m) or a larger budget L"
-        )
-    return r
+from ..wrapper import SoftPromptModel
+from .config import ADePTConfig
 
 
 def authors_down_init(d: int, rank: int) -> torch.Tensor:
@@ -113,6 +70,8 @@ class TokenFFNOffset(nn.Module):
 class ADePT(SoftPromptModel):
     """ADePT; rank from the PT budget unless given: ``ADePT(base, num_virtual_tokens=60)``."""
 
+    config_class = ADePTConfig
+
     @classmethod
     def build_offset(cls, config: ADePTConfig, d: int) -> nn.Module:
         return TokenFFNOffset(config, d)
@@ -131,6 +90,3 @@ class ADePT(SoftPromptModel):
     def unfold(self) -> ADePT:
         self.folded_embeddings = None
         return self
-
-
-register_method(ADePTConfig, ADePT, label="ADePT")

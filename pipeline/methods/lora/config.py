@@ -1,9 +1,7 @@
-"""LoRA (HF PEFT) on the frozen base's attention projections: the weight-space baseline.
+"""LoRA's config, parameter count and rank rule (no torch: ``pipeline validate`` reads it).
 
-A sibling of the soft-prompt methods: no prompt and no offset; its own parameter group, ``lora``
-(``train.lr.lora``). The rank is the one whose r·Σ(in + out) over the targeted projections is
-closest to the PT budget (Gemma 3 270M, q/v: r=1, 46,080 vs PT-100's 64,000). LoRA changes the
-base module in place; wrapping the base again takes the layers out (:mod:`.lora_layers`).
+The rank is the one whose r·Σ(in + out) over the targeted projections is closest to the PT
+budget (Gemma 3 270M, q/v: r=1, 46,080 vs PT-100's 64,000).
 """
 
 from __future__ import annotations
@@ -11,12 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import Any, ClassVar
 
-from torch import nn
-
-from .base import DERIVED, BudgetError, MethodConfig, check_dropout, check_rank
-from .lora_layers import inject_lora
-from .registry import register_method
-from .wrapper import SoftPromptModel
+from ..base import DERIVED, BudgetError, MethodConfig, check_dropout, check_rank
+from ..registry import register_method
 
 
 @dataclass
@@ -87,25 +81,10 @@ def lora_rank(budget_tokens: int, d: int, params_per_rank: int) -> int:
     return max(1, round(budget_tokens * d / params_per_rank))
 
 
-class LoRA(SoftPromptModel):
-    """LoRA from PEFT on the attention projections, rank closest to the PT budget unless given:
-    ``LoRA(base)``."""
+def _model() -> type:
+    from .model import LoRA
 
-    def __init__(self, base: nn.Module, config: LoRAConfig | None = None, **kwargs: Any) -> None:
-        if not kwargs.pop("register_base", True):
-            raise ValueError("LoRA lives inside the base model: it cannot stay unregistered")
-        kwargs.pop("_init_prompt", None)
-        super().__init__(base, config, **kwargs)
-        self._lora = inject_lora(base, self.config)
-        injected = sum(p.numel() for p in self._lora)
-        if injected != self.expected_trainable_parameters():
-            raise ValueError(
-                f"LoRA injected {injected} parameters, the budget formula says "
-                f"{self.expected_trainable_parameters()} (projection names/shapes differ)"
-            )
-
-    def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
-        return {"lora": list(self._lora)}
+    return LoRA
 
 
-register_method(LoRAConfig, LoRA, label="LoRA")
+register_method(LoRAConfig, _model, label="LoRA")
