@@ -30,7 +30,14 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from pipeline.engine.hardware import describe_machine  # noqa: E402
-from tests.helpers import ENV, free_port, losses, mlflow_server, tracked_losses  # noqa: E402
+from tests.helpers import (  # noqa: E402
+    ENV,
+    free_port,
+    losses,
+    mlflow_server,
+    server_store,
+    tracked_losses,
+)
 
 
 def write_config(root: Path, port: int, steps: int) -> Path:
@@ -96,7 +103,7 @@ def case(outage: float, steps: int) -> dict[str, float | int | str]:
             code, _ = run_pipeline(config, log)  # the server is back: send what was kept
             result["second_run"] = 1
             assert code == 0, log.read_text()[-3000:]
-        points = tracked_losses(run_dir, uri)
+        points = tracked_losses(run_dir, server_store(root))
         run_id = json.loads((run_dir / "mlflow_run.json").read_text())["run_id"]
         status = mlflow.MlflowClient(tracking_uri=uri).get_run(run_id).info.status
     expected = list(enumerate(losses(run_dir), start=1))
@@ -111,7 +118,7 @@ def case(outage: float, steps: int) -> dict[str, float | int | str]:
         points_lost=len(set(expected) - set(points)),
         points_duplicated=len(points) - len(set(points)),
         run_status=status,
-        warnings=log.read_text().count("not answering"),
+        warnings=log.read_text().count("not taking calls"),
     )
     return result
 

@@ -62,6 +62,28 @@ def tiny_gemma(seed: int = 0) -> Gemma3ForCausalLM:
     return Gemma3ForCausalLM(config).eval()
 
 
+def tiny_decoder(kind: str, seed: int = 0) -> torch.nn.Module:
+    """A tiny random Qwen 2, Qwen 3 or Mistral (the other model types the shared prefix
+    supports), same dims as the Llama fixture."""
+    import transformers
+
+    classes = {
+        "qwen2": ("Qwen2Config", "Qwen2ForCausalLM"),
+        "qwen3": ("Qwen3Config", "Qwen3ForCausalLM"),
+        "mistral": ("MistralConfig", "MistralForCausalLM"),
+    }
+    config_name, model_name = classes[kind]
+    torch.manual_seed(seed)
+    config = getattr(transformers, config_name)(
+        vocab_size=TINY_VOCAB,
+        **TINY_DIMS,
+        max_position_embeddings=512,
+        pad_token_id=0,
+        attn_implementation="sdpa",
+    )
+    return getattr(transformers, model_name)(config).eval()
+
+
 def sliding_gemma(window: int) -> torch.nn.Module:
     """A tiny Gemma-3 whose every layer uses a small sliding window (index-distance mask)."""
     from transformers import Gemma3ForCausalLM, Gemma3TextConfig
@@ -174,14 +196,24 @@ def losses(run: Path) -> list[float]:
     return [json.loads(x)["train/loss"] for x in history]
 
 
-def tracked_losses(run: Path, uri: str | None = None) -> list[tuple[int, float]]:
-    """(step, train loss) as the run's MLflow run holds them, every logged point in order."""
-    import mlflow
-
-    uri = uri or f"sqlite:///{(run.parent / 'mlflow.db').resolve()}"
+def tracked_losses(run: Path, store: Path | None = None) -> list[tuple[int, float]]:
+    """(step, train loss) in the order the tracking store received them: its sqlite rows in
+    insertion order. ``store``: the store's database (an `mlflow server`'s backend store);
+    default the run's embedded ``mlflow.db``."""
     run_id = json.loads((run / "mlflow_run.json").read_text())["run_id"]
-    history = mlflow.MlflowClient(tracking_uri=uri).get_metric_history(run_id, "train.loss")
-    return [(m.step, m.value) for m in sorted(history, key=lambda m: (m.step, m.timestamp))]
+    return received_points(store or run.parent / "mlflow.db", run_id, "train.loss")
+
+
+def received_points(store: Path, run_id: str, key: str) -> list[tuple[int, float]]:
+    """(step, value) of one metric, in the order the sqlite store ``store`` received them."""
+    import sqlite3
+
+    with contextlib.closing(sqlite3.connect(store)) as db:
+        rows = db.execute(
+            "SELECT step, value FROM metrics WHERE run_uuid = ? AND key = ? ORDER BY rowid",
+            (run_id, key),
+        ).fetchall()
+    return [(int(step), float(value)) for step, value in rows]
 
 
 def wait_for_step(history: Path, step: int, proc: subprocess.Popen, timeout: float = 600) -> None:
@@ -252,14 +284,18 @@ def http_service(
         log.close()
 
 
+def server_store(root: Path) -> Path:
+    return root / "server.db"
+
+
 @contextlib.contextmanager
 def mlflow_server(root: Path, timeout: float = 90.0, port: int | None = None) -> Iterator[str]:
-    """A real `mlflow server` on 127.0.0.1 storing under ``root``; the same ``root`` and ``port``
-    again restart the same server (an outage)."""
+    """A real `mlflow server` on 127.0.0.1 storing under ``root`` (its database:
+    :func:`server_store`); the same ``root`` and ``port`` again restart the same server."""
     port = port or free_port()
     command = [
         sys.executable, "-m", "mlflow", "server",
-        "--backend-store-uri", f"sqlite:///{root / 'server.db'}",
+        "--backend-store-uri", f"sqlite:///{server_store(root)}",
         "--artifacts-destination", str(root / "artifacts"),
         "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
     ]  # fmt: skip
@@ -307,6 +343,20 @@ def rte_task(data: Path) -> dict:
     }
 
 
+def assert_accuracy_is_its_predictions(run: Path) -> None:
+    """The adapter's test accuracy is the share of predictions.jsonl rows whose predicted choice
+    is their label (recounted here), and zero-shot's is a whole number of those rows."""
+    metrics = json.loads((run / "evaluate" / "metrics.json").read_text())
+    lines = (run / "evaluate" / "predictions.jsonl").read_text().splitlines()
+    rows = [json.loads(x) for x in lines if x.strip()]
+    assert len(rows) == metrics["rows"] > 0
+    correct = sum(r["predicted"] == r["label"] for r in rows)
+    assert metrics["adapter"]["accuracy"] == correct / len(rows)
+    if "zero_shot" in metrics:
+        right = metrics["zero_shot"]["accuracy"] * len(rows)
+        assert abs(right - round(right)) < 1e-9
+
+
 def assert_no_partial_output(run_dir: Path) -> None:
     if not run_dir.exists():
         return
@@ -314,3 +364,57 @@ def assert_no_partial_output(run_dir: Path) -> None:
     for stage in ("tokenize", "shard", "train", "evaluate", "export"):
         if (run_dir / stage).exists():
             assert (run_dir / stage / "manifest.json").is_file(), stage
+
+
+@contextlib.contextmanager
+def scripted_proxy(target: str, script: dict[str, list[tuple[int, str]]]) -> Iterator[tuple]:
+    """A real HTTP proxy in front of ``target`` (as a shared server sits behind one): the first
+    requests whose path contains a key of ``script`` get that key's (status, body) answers in
+    turn, everything else is forwarded. Yields (its URL, the (path, status) answers it gave)."""
+    import http.server
+    import threading
+
+    answered: list[tuple[str, int]] = []
+    lock = threading.Lock()
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def log_message(self, *args) -> None:
+            pass
+
+        def _handle(self) -> None:
+            body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            with lock:
+                scripted = next((v for k, v in script.items() if k in self.path and v), None)
+                status, text = scripted.pop(0) if scripted else (None, "")
+            if status is None:
+                request = urllib.request.Request(
+                    target + self.path,
+                    data=body if body else None,
+                    method=self.command,
+                    headers={"Content-Type": self.headers.get("Content-Type", "")},
+                )
+                try:
+                    with urllib.request.urlopen(request, timeout=60) as response:
+                        status, payload = response.status, response.read()
+                except urllib.error.HTTPError as error:
+                    status, payload = error.code, error.read()
+            else:
+                payload = text.encode()
+            with lock:
+                answered.append((self.path, status))
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(payload)))
+            self.end_headers()
+            self.wfile.write(payload)
+
+        do_GET = do_POST = do_PATCH = do_DELETE = _handle
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}", answered
+    finally:
+        server.shutdown()
+        server.server_close()

@@ -61,9 +61,8 @@ def test_each_method_config_solves_its_own_rank() -> None:
     assert (dept.rank, dept.max_length) == (30, 256)
     assert dept.trainable_parameters(768) == dept_params(60, 30, 256, 768) == 76_800
     assert DePTConfig(num_virtual_tokens=60).resolve(text_config).max_length == 256
-    assert DePTConfig(num_virtual_tokens=60).resolve(text_config, 128).rank == dept_rank(
-        100, 60, 768, 128
-    )
+    # s=128: r = floor((100 − 60) · 768 / (128 + 768)) = floor(34.29) = 34
+    assert DePTConfig(num_virtual_tokens=60).resolve(text_config, 128).rank == 34
     assert ADePTConfig(num_virtual_tokens=60, rank=5).resolve(text_config).rank == 5
     assert ADePTConfig(num_virtual_tokens=60).resolve(text_config).rank == 19
 

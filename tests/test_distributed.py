@@ -12,7 +12,16 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import ENV, REPO, losses, pipeline, start_pipeline, wait_for_step, write_config
+from tests.helpers import (
+    ENV,
+    REPO,
+    losses,
+    pipeline,
+    start_pipeline,
+    tracked_losses,
+    wait_for_step,
+    write_config,
+)
 
 
 def dist_config(tmp: Path, model_dir: Path, world: int, batch: int, steps: int = 4, **extra):
@@ -51,6 +60,11 @@ def test_zero3_two_ranks_matches_one_process(tmp_path, tiny_model_dir) -> None:
     for config in (single, double):
         proc = pipeline("run", str(config), *stages)
         assert proc.returncode == 0, proc.stderr[-4000:]
+    # only rank 0 logs and writes: one dev line, one history line and one tracked point a step
+    assert proc.stderr.count("step 4 dev") == 1 and "rank 0 of 2" in proc.stderr
+    assert "rank 1 of 2" not in proc.stderr
+    run_two = tmp_path / "two" / "runs" / "tiny"
+    assert tracked_losses(run_two) == list(enumerate(losses(run_two), start=1))
     one, two = (
         losses(tmp_path / "one" / "runs" / "tiny"),
         losses(tmp_path / "two" / "runs" / "tiny"),

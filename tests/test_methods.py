@@ -60,11 +60,21 @@ def test_fold_matches_unfolded(tiny_base) -> None:
     perturb(model)
     input_ids, mask = random_batch()
     unfolded = model.logits(input_ids, mask)
+    head = model.base.get_output_embeddings().weight
+    original = head.detach().clone()
     model.fold()
     assert model.folded_embeddings.shape == (1000, 64)
     torch.testing.assert_close(model.logits(input_ids, mask), unfolded, rtol=0, atol=1e-5)
-    # the head still uses the original (tied) table
-    assert not torch.equal(model.folded_embeddings, model.base.get_input_embeddings().weight)
+    # the head keeps the original (tied) table, untouched; only the input side is folded
+    assert model.base.get_output_embeddings().weight is head and torch.equal(head, original)
+    hidden = model.hidden_states(input_ids, mask)[:, M:]
+    by_hand = hidden @ original.T
+    if model.final_logit_softcapping:  # Gemma caps the logits: cap · tanh(logits / cap)
+        cap = model.final_logit_softcapping
+        by_hand = cap * torch.tanh(by_hand / cap)
+    torch.testing.assert_close(model.logits(input_ids, mask), by_hand, rtol=0, atol=1e-5)
+    folded_rows = model.folded_embeddings[input_ids]
+    assert (folded_rows - model.base.get_input_embeddings()(input_ids)).abs().max() > 1e-3
     model.train()
     with pytest.raises(RuntimeError, match="folded model is for inference"):
         model.logits(input_ids, mask)

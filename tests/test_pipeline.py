@@ -18,7 +18,12 @@ from pipeline.core.config import load_config
 from pipeline.core.files import checksum_tree
 from pipeline.core.stage import read_manifest
 from pipeline.runner import BY_NAME, Runner
-from tests.helpers import REPO, write_boolq_rows, write_config
+from tests.helpers import (
+    REPO,
+    assert_accuracy_is_its_predictions,
+    write_boolq_rows,
+    write_config,
+)
 
 STAGE_NAMES = ["tokenize", "shard", "train", "evaluate", "export"]
 
@@ -63,7 +68,7 @@ def test_all_stages_write_outputs_and_manifests(finished_run) -> None:
     ]
     metrics = json.loads((run / "evaluate" / "metrics.json").read_text())
     assert metrics["rows"] == 12
-    assert 0 <= metrics["adapter"]["accuracy"] <= 1 and 0 <= metrics["zero_shot"]["accuracy"] <= 1
+    assert_accuracy_is_its_predictions(run)
     dev_correct = metrics["dev_zero_shot"]["accuracy"] * 12  # the base model on the 12 dev rows
     assert abs(dev_correct - round(dev_correct)) < 1e-9
     timing = json.loads((run / "evaluate" / "timing.json").read_text())

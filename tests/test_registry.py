@@ -13,7 +13,13 @@ import yaml
 from safetensors.torch import load_file
 
 from pipeline.methods import ADePTConfig, SoftPromptModel, get_method, register_method
-from tests.helpers import ENV, pipeline, write_boolq_rows, write_config
+from tests.helpers import (
+    ENV,
+    assert_accuracy_is_its_predictions,
+    pipeline,
+    write_boolq_rows,
+    write_config,
+)
 
 TOY_METHOD = '''
 """A toy method: the soft prompt plus one learnable gain on every input-token embedding."""
@@ -95,8 +101,7 @@ def test_a_plugin_method_trains_evaluates_and_exports(toy_run) -> None:
     assert history[0]["train/lr_gain"] > 0 and "train/lr_prompt" in history[0]
     resolved = json.loads((run / "config.resolved.json").read_text())
     assert resolved["train"]["lr"] == {"prompt": 0.01, "gain": 0.1}  # its default + the YAML
-    metrics = json.loads((run / "evaluate" / "metrics.json").read_text())
-    assert 0 <= metrics["adapter"]["accuracy"] <= 1
+    assert_accuracy_is_its_predictions(run)
     assert json.loads((run / "export" / "registered.json").read_text())["version"] == "1"
 
 

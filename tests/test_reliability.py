@@ -352,10 +352,14 @@ def test_kill_9_during_train_then_resume_matches(tmp_path, tiny_model_dir) -> No
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait(timeout=60)
     assert not (run_dir / "train").exists()
+    history = (run_dir / ".scratch" / "train" / "history.jsonl").read_text().splitlines()
+    last = max(json.loads(x)["step"] for x in history if x.endswith("}"))  # done before the kill
     resumed = pipeline("run", str(cut))
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     summary = json.loads((run_dir / "train" / "train_summary.json").read_text())
-    assert summary["resumed_from_step"] is not None
+    # at most checkpoint_every (3) steps lost: it resumes from the last checkpoint before the kill
+    assert last - 3 <= summary["resumed_from_step"] <= last
+    assert summary["resumed_from_step"] % 3 == 0
     ref_dir = tmp_path / "ref" / "runs" / "tiny"
     assert losses(run_dir) == losses(ref_dir)
     assert json.loads((run_dir / "evaluate" / "metrics.json").read_text()) == json.loads(

@@ -10,9 +10,15 @@ import torch
 
 from pipeline.methods import ADePT, DePT, PromptTuning, SoftPromptModel
 from pipeline.methods import prefix as prefix_module
-from tests.helpers import M, make, perturb, sliding_gemma, tiny_llama
+from tests.helpers import M, make, perturb, sliding_gemma, tiny_decoder, tiny_llama
 
-BASES = {"llama": tiny_llama, "gemma-window-8": lambda: sliding_gemma(window=8)}
+BASES = {
+    "llama": tiny_llama,
+    "gemma-window-8": lambda: sliding_gemma(window=8),
+    "qwen2": lambda: tiny_decoder("qwen2"),
+    "qwen3": lambda: tiny_decoder("qwen3"),
+    "mistral": lambda: tiny_decoder("mistral"),
+}
 LENGTHS = (5, 30, 12, 3)  # very different lengths; m + 30 is far beyond the 8-token window
 
 
@@ -74,7 +80,9 @@ def test_shared_prefix_equals_unshared_fp32(base, method, side) -> None:
 
 @pytest.mark.parametrize("base", sorted(BASES))
 def test_shared_prefix_bf16_error_is_that_of_the_unshared_path(base) -> None:
-    """Against an fp32 reference, bf16 with the shared prefix errs no more than bf16 without."""
+    """Against an fp32 reference, bf16 with the shared prefix errs no more than bf16 without
+    (within 10%: kernels may round a shorter sequence differently); a prompt at the wrong
+    positions errs by whole nats."""
     fp32 = make(ADePT, BASES[base]()).eval()
     perturb(fp32)
     ids, mask, target = padded_batch("right")
@@ -88,7 +96,7 @@ def test_shared_prefix_bf16_error_is_that_of_the_unshared_path(base) -> None:
             bf16.shared_prefix = shared
             errors[shared] = (bf16(ids, mask, target_mask=target).logprobs - reference).abs().max()
     assert errors[False] > 0  # bf16 is not fp32: the comparison has something to measure
-    assert errors[True] <= 2 * errors[False] + 1e-3, errors
+    assert errors[True] <= 1.1 * errors[False], errors
 
 
 def test_evaluation_computes_the_prefix_once(monkeypatch) -> None:

@@ -14,7 +14,15 @@ import mlflow
 import pytest
 import yaml
 
-from tests.helpers import ENV, REPO, losses, pipeline, wait_for_step, write_config
+from tests.helpers import (
+    ENV,
+    REPO,
+    assert_accuracy_is_its_predictions,
+    losses,
+    pipeline,
+    wait_for_step,
+    write_config,
+)
 from tests.slurm_helpers import JobRunning, job_states, sbatch, slurm_cluster, wait_jobs
 
 
@@ -59,8 +67,7 @@ def test_array_job_runs_every_variant(slurm, tmp_path, tiny_model_dir) -> None:
         log = tmp_path / "logs" / f"adept-train_{array_id}_{index}.out"
         assert log.is_file() and f"task {array_id}_{index}:" in log.read_text()
         run_dir = root / "variants" / f"v{index:03d}"
-        metrics = json.loads((run_dir / "evaluate" / "metrics.json").read_text())
-        assert 0 <= metrics["adapter"]["accuracy"] <= 1
+        assert_accuracy_is_its_predictions(run_dir)
         assert (run_dir / "export" / "registered.json").is_file()
         run = by_variant[f"v{index:03d}"]
         assert run.info.status == "FINISHED"

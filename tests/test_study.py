@@ -10,12 +10,13 @@ from pathlib import Path
 import mlflow
 import pytest
 import yaml
+from scipy.stats import binomtest
 
 from pipeline.cli import main
 from pipeline.methods import adept_params, adept_rank
 from pipeline.study.plan import load_study
 from pipeline.study.report import other_metrics_table
-from tests.helpers import write_config
+from tests.helpers import REPO, write_config
 
 METHODS = ("adept", "lora")
 SEEDS = (1, 2)
@@ -56,6 +57,26 @@ def finished_study(tmp_path_factory, tiny_model_dir):
     return path, tmp
 
 
+METRICS, PREDICTIONS = "evaluate/metrics.json", "evaluate/predictions.jsonl"
+
+
+def job_dir(tmp: Path, method: str, run: dict) -> Path:
+    return tmp / f"runs/tiny_study/variants/boolq-{method}-lr{run['lr_index']}-s{run['seed']}"
+
+
+def paired_standard_error(tmp: Path, boolq: dict) -> float:
+    """Standard error of the per-row accuracy difference ADePT − LoRA (seeds averaged)."""
+    per_row = []
+    for method in ("adept", "lora"):
+        seeds = []
+        for run in boolq["methods"][method]:
+            lines = (job_dir(tmp, method, run) / PREDICTIONS).read_text().splitlines()
+            seeds.append([int(x["predicted"] == x["label"]) for x in map(json.loads, lines)])
+        per_row.append([statistics.fmean(column) for column in zip(*seeds, strict=True)])
+    diffs = [a - b for a, b in zip(*per_row, strict=True)]
+    return statistics.pstdev(diffs) / len(diffs) ** 0.5
+
+
 def dev(tmp: Path, key: str) -> float:
     summary = tmp / "runs/tiny_study/variants" / key / "train/train_summary.json"
     return json.loads(summary.read_text())["best_dev_accuracy"]
@@ -92,7 +113,10 @@ def test_selection_seeds_and_report(finished_study) -> None:
     d, m = 64, 4  # tiny Gemma width; budget L=10 from the study's method section
     expected = adept_params(m, adept_rank(10, m, d), d)
     assert boolq["methods"]["adept"][0]["trainable_parameters"] == expected == 578
-    assert 0.0 <= boolq["zero_shot"] <= 1.0
+    metrics = json.loads(
+        (job_dir(tmp, "adept", boolq["methods"]["adept"][0]) / METRICS).read_text()
+    )
+    assert boolq["zero_shot"] == metrics["zero_shot"]["accuracy"]  # the base, scored by evaluate
     report = (tmp / "reports/tiny_study/report.md").read_text()
     assert f"pipeline compare {path}" in report and "Git commit:" in report
     assert "2 job(s) at a time" in report  # the study file's parallel: 2
@@ -103,8 +127,15 @@ def test_selection_seeds_and_report(finished_study) -> None:
     adept_mean = statistics.fmean(r["test"] for r in boolq["methods"]["adept"])
     assert (paired["a"], paired["b"], paired["seeds"]) == ("adept", "lora", len(SEEDS))
     assert paired["difference"] == pytest.approx(adept_mean - lora_mean, abs=1e-12)
-    assert paired["ci95"][0] <= paired["difference"] <= paired["ci95"][1]
-    assert 0.0 < paired["mcnemar_p"] <= 1.0 and paired["pairs"] == 12 * len(SEEDS)
+    # McNemar: the exact two-sided binomial test on the discordant pairs (scipy's, not ours)
+    discordant = paired["only_a_right"] + paired["only_b_right"]
+    exact = binomtest(paired["only_a_right"], discordant, 0.5).pvalue if discordant else 1.0
+    assert paired["mcnemar_p"] == pytest.approx(exact, rel=1e-9)
+    assert paired["pairs"] == 12 * len(SEEDS)
+    # the bootstrap interval of a mean difference is close to the normal one, ±1.96 standard errors
+    se = paired_standard_error(tmp, boolq)
+    low, high = paired["difference"] - 1.96 * se, paired["difference"] + 1.96 * se
+    assert paired["ci95"] == pytest.approx([low, high], abs=0.5 * se + 1e-12)
     assert "| boolq | ADePT − LoRA | " in report and "## Per seed" in report
     assert "## Other test metrics" not in report  # BoolQ is scored by accuracy alone
     for png in ("bars.png", "curves.png"):
@@ -170,3 +201,17 @@ def test_report_only_renders_without_running_jobs(finished_study, tmp_path, tiny
     fresh = write_study(tmp_path, tiny_model_dir)
     assert main(["compare", str(fresh), "--report-only"]) == 2
     assert not (tmp_path / "reports").exists()
+
+
+@pytest.mark.parametrize("report", sorted(p.name for p in (REPO / "reports").glob("study_*")))
+def test_committed_reports_are_a_fresh_render_of_their_results(report, tmp_path) -> None:
+    """Each committed report.md is exactly what the current renderer makes of its results.json
+    (no hand edits, no stale renderer)."""
+    import shutil
+
+    from pipeline.study.report import render_saved
+
+    copy = tmp_path / report
+    copy.mkdir()
+    shutil.copy(REPO / "reports" / report / "results.json", copy)
+    assert render_saved(copy) == (REPO / "reports" / report / "report.md").read_text()

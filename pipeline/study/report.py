@@ -131,6 +131,26 @@ def render_markdown(
     return "\n".join(lines)
 
 
+def render_saved(directory: Path) -> str:
+    """(Re-)render ``report.md`` and the plots of a report directory from its results.json
+    alone (no job outputs needed); returns the markdown."""
+    record = json.loads((directory / "results.json").read_text())
+    study = StudyConfig.model_validate(record["study"])
+    results = record["results"]
+    markdown = render_markdown(
+        study,
+        results,
+        record["grid"],
+        record["command"],
+        record["git_commit"],
+        record.get("ran_jobs", False),
+    )
+    (directory / "report.md").write_text(markdown)
+    plot_bars(study, results, directory / "bars.png")
+    plot_curves(study, results, directory / "curves.png")
+    return markdown
+
+
 def _table(head: list[str]) -> list[str]:
     return ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
 
@@ -191,6 +211,8 @@ def seed_table(study: StudyConfig, results: dict[str, Any]) -> list[str]:
 
 
 def paired_table(study: StudyConfig, results: dict[str, Any]) -> list[str]:
+    if not any(entry.get("paired") for entry in results.values()):
+        return []  # results collected before paired statistics existed
     lines = ["## Paired differences on the same test rows (seeds pooled)", ""]
     lines += _table(
         ["task", "comparison", "difference", "bootstrap 95% interval", "McNemar p", "discordant"]
@@ -359,13 +381,16 @@ def write_report(
     commit = git_commit()
     final = Path(study.report_dir) / study.name
     with atomic_directory(final) as tmp:
-        scores = grid_scores(study, grid)
-        markdown = render_markdown(study, results, scores, command, commit, ran_jobs)
-        (tmp / "report.md").write_text(markdown)
-        plot_bars(study, results, tmp / "bars.png")
-        plot_curves(study, results, tmp / "curves.png")
-        record = {"study": study.model_dump(), "command": command, "git_commit": commit}
-        (tmp / "results.json").write_text(json.dumps({**record, "results": results}, indent=1))
+        record = {
+            "study": study.model_dump(),
+            "command": command,
+            "git_commit": commit,
+            "ran_jobs": ran_jobs,
+            "grid": grid_scores(study, grid),
+            "results": results,
+        }
+        (tmp / "results.json").write_text(json.dumps(record, indent=1))
+        render_saved(tmp)
         run_id = log_to_mlflow(study, base, results, tmp)
         (tmp / "mlflow_run.txt").write_text(run_id + "\n")
     return final
