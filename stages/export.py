@@ -17,6 +17,7 @@ Registry: with export.register_model (default) and tracking on, the package is l
 
 from __future__ import annotations
 
+import copy
 import json
 import shutil
 from pathlib import Path
@@ -45,7 +46,7 @@ def write_merged(ctx: RunContext, adapter_src: Path, description: dict[str, Any]
     rewrites the tables in place); returns the prefix text."""
     m = ctx.config.model
     base = load_model(m.source, m.compute_dtype, m.attention, load_in_8bit=False, token=m.hub_token)
-    tokenizer = load_tokenizer(m.source, token=m.hub_token)
+    tokenizer = copy.deepcopy(load_tokenizer(m.source, token=m.hub_token))  # merging adds tokens
     model = SoftPromptModel.from_pretrained(base, adapter_src).eval()
     prefix = merge_adapter(model, tokenizer)
     out = ctx.work_dir / MERGED_DIR

@@ -20,6 +20,17 @@ configure_threads()  # the cores this process owns; OMP_NUM_THREADS wins
 
 
 TINY_MODELS = {"llama": tiny_llama, "gemma": tiny_gemma}
+SLURM_MODULES = ("test_slurm", "test_slurm_multinode")  # one cluster at a time on this machine
+
+
+def pytest_collection_modifyitems(items) -> None:
+    """Under pytest-xdist (`--dist loadgroup`) a test module runs on one worker, so its
+    module-scoped fixtures (a finished run, a study, a Slurm cluster) are made once; the Slurm
+    modules share a worker, since two clusters cannot run side by side."""
+    for item in items:
+        module = item.module.__name__.rpartition(".")[2]
+        group = "slurm" if module in SLURM_MODULES else module
+        item.add_marker(pytest.mark.xdist_group(group))
 
 
 @pytest.fixture(params=sorted(TINY_MODELS))

@@ -46,3 +46,26 @@ def test_mega_batches_are_sorted_and_stay_shuffled(lengths) -> None:
         assert sorted(piece) == sorted(order[start : start + group])  # rows stay in their piece
         assert (np.diff(lengths[piece]) <= 0).all()  # longest first
     assert not (np.diff(lengths[grouped]) <= 0).all()  # not one global sort
+
+
+def test_the_lr_schedule_is_transformers_linear_warmup_decay() -> None:
+    """Our one-line schedule gives exactly transformers' rates at every step (resumed runs and
+    earlier results depend on it)."""
+    import torch
+    from transformers import get_linear_schedule_with_warmup
+
+    from pipeline.core.config import TrainSection
+    from pipeline.engine.optim import build_scheduler
+
+    def rates(make) -> list[float]:
+        optimizer = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=0.3)
+        scheduler, seen = make(optimizer), []
+        for _ in range(40):
+            seen.append(optimizer.param_groups[0]["lr"])
+            optimizer.step()
+            scheduler.step()
+        return seen
+
+    ours = rates(lambda o: build_scheduler(o, TrainSection(steps=30, warmup_steps=7)))
+    theirs = rates(lambda o: get_linear_schedule_with_warmup(o, 7, 30))
+    assert ours == theirs and ours[7] == 0.3 and ours[30:] == [0.0] * 10

@@ -11,6 +11,7 @@ the CLI without it).
 from __future__ import annotations
 
 import contextlib
+import functools
 import importlib.util
 import logging
 import os
@@ -125,12 +126,23 @@ def resolve_source(source: str) -> str:
 
 
 def load_tokenizer(source: str, token: str | None = None):
+    """The tokenizer of ``source``, loaded once per process (a large vocabulary takes seconds:
+    Gemma's 262k); shared, so copy it before changing it (``copy.deepcopy``)."""
+    path = resolve_source(source)
+    files = [p for p in Path(path).glob("tokenizer*") if p.is_file()] if Path(path).is_dir() else []
+    stamp = tuple(sorted((p.name, p.stat().st_mtime_ns, p.stat().st_size) for p in files))
+    return _tokenizer(path, stamp, token)
+
+
+@functools.lru_cache(maxsize=8)
+def _tokenizer(path: str, stamp: tuple, token: str | None):
+    """``stamp``: the tokenizer files' names, times and sizes (a changed file loads again)."""
     from transformers import AutoTokenizer
 
     try:
-        tokenizer = AutoTokenizer.from_pretrained(resolve_source(source), token=token)
+        tokenizer = AutoTokenizer.from_pretrained(path, token=token)
     except OSError as exc:
-        raise ModelLoadError(f"cannot load tokenizer from {source!r}: {exc}") from exc
+        raise ModelLoadError(f"cannot load tokenizer from {path!r}: {exc}") from exc
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
         log.info("tokenizer has no pad token; using %r", tokenizer.pad_token)

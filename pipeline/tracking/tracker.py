@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import base64
 import contextlib
-import fcntl
 import logging
 import os
 import subprocess
@@ -32,6 +31,7 @@ from ..core.config import PipelineConfig
 from ..core.files import read_json, write_json_atomic
 from ..core.stage import Stage
 from .outbox import Outbox
+from .sqlite_store import StoreError, ensure_sqlite_store
 
 log = logging.getLogger(__name__)
 
@@ -152,16 +152,13 @@ def check_reachable(uri: str, timeout: float = 5.0) -> None:
 
 
 def ensure_sqlite_schema(uri: str) -> None:
-    """Create the sqlite store once, under a file lock (parallel first use races otherwise)."""
-    if not uri.startswith("sqlite:///"):
-        return
-    db = Path(uri.removeprefix("sqlite:///"))
-    db.parent.mkdir(parents=True, exist_ok=True)
-    with open(db.parent / ".mlflow.db.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        import mlflow
+    """A sqlite store exists complete, or is created whole (tracking/sqlite_store.py)."""
+    from ..engine.models import cache_dir
 
-        mlflow.MlflowClient(tracking_uri=uri).search_experiments(max_results=1)
+    try:
+        ensure_sqlite_store(uri, cache_dir())
+    except StoreError as exc:
+        raise TrackingError(str(exc)) from None
 
 
 def use_experiment(uri: str, name: str) -> str:
