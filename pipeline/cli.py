@@ -15,10 +15,12 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import yaml
-
-from .core.ranks import dist_env, exit_process, is_distributed_launch
 from .launch.signals import Interrupted, Preempted, interrupting_on_stop_signals
+
+# pydantic looks for plugins through every installed package's entry points (tens of ms at each
+# start); this command uses none. A value the user set wins.
+os.environ.setdefault("PYDANTIC_DISABLE_PLUGINS", "__all__")
+from .util.ranks import dist_env, exit_process, is_distributed_launch
 
 if TYPE_CHECKING:
     from .core.config import PipelineConfig
@@ -35,7 +37,7 @@ KNOWN_ERRORS = (  # (module, class): they end a command with one `error:` line a
     ("pipeline.launch.slurm", "SlurmError"),
     ("pipeline.study.jobs", "StudyError"),
     ("pipeline.core.stage", "StageError"),
-    ("pipeline.core.locks", "LockHeld"),
+    ("pipeline.util.locks", "LockHeld"),
     ("pipeline.launch.commands", "LaunchError"),
     ("pipeline.tasks.readers", "DataError"),
     ("pipeline.engine.models", "ModelLoadError"),
@@ -56,61 +58,64 @@ def _known_errors() -> tuple[type[BaseException], ...]:
     )
 
 
+QUIET_ENVIRONMENT = {  # unless --verbose (a variable the user set wins)
+    "HF_DATASETS_DISABLE_PROGRESS_BARS": "1",  # "Saving the dataset" bars
+    "HF_HUB_DISABLE_PROGRESS_BARS": "1",  # transformers' "Loading weights" bars
+    "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",  # "Downloading artifacts" bars
+    "MLFLOW_LOGGING_LEVEL": "WARNING",  # system-metrics start/stop and other INFO lines
+    "TRANSFORMERS_VERBOSITY": "error",
+}
+NOISY_LOGGERS = ("mlflow", "alembic", "datasets", "transformers", "DeepSpeed", "urllib3")
+
+
+def quiet_libraries() -> None:
+    """A run prints its stage lines, progress bars for the long loops and warnings that need
+    action; the libraries' INFO lines, their own progress bars and their warnings about the
+    model card, licence or input example of a logged model show with ``--verbose``."""
+    import warnings
+
+    for name, value in QUIET_ENVIRONMENT.items():
+        os.environ.setdefault(name, value)
+    for name in NOISY_LOGGERS:
+        logging.getLogger(name).setLevel(logging.WARNING)
+    for category in (UserWarning, FutureWarning, DeprecationWarning):
+        warnings.filterwarnings("ignore", category=category, module=r"(mlflow|transformers)\b")
+
+
+RANK_LOGGER = "pipeline.ranks"  # each rank's one line saying where it runs
+
+
+def rank_zero_only(record: logging.LogRecord) -> bool:
+    """The log filter of ranks other than 0: warnings and errors, and the rank's own line."""
+    return record.levelno >= logging.WARNING or record.name == RANK_LOGGER
+
+
 def _stages(arg: str | None) -> tuple[str, ...]:
     if not arg:
         return STAGE_ORDER
     return tuple(s.strip() for s in arg.split(",") if s.strip())
 
 
-def check_local_model(source: str) -> None:
-    """A local model directory's files, and its tokenizer against its vocabulary (seconds)."""
-    from .engine.model_checks import check_model_dir, check_vocabulary
-    from .engine.models import GEMMA_PACKAGE_SOURCE, load_tokenizer
-
-    path = Path(source).expanduser()
-    if source == GEMMA_PACKAGE_SOURCE or not path.is_dir():
-        return
-    config = check_model_dir(path)
-    vocab_size = config.get("vocab_size") or config.get("text_config", {}).get("vocab_size")
-    if vocab_size:
-        check_vocabulary(source, len(load_tokenizer(source)), int(vocab_size))
-
-
-def preflight(config: PipelineConfig) -> None:
-    """Budget and DeepSpeed checks before any stage runs (skipped when the model's dims are
-    not available offline yet; loading reports that case itself)."""
-    from .core.config import ConfigError
-    from .engine.planning import model_spec
-    from .methods import BudgetError
-
-    check_local_model(config.model.source)
-    try:
-        spec, _ = model_spec(config.model.source)
-    except FileNotFoundError:
-        return
-    try:
-        config.method_config(spec.get_text_config())
-    except BudgetError as exc:
-        raise ConfigError(f"method: {exc}") from None
-    if config.distributed.deepspeed:
-        from .engine.deepspeed_config import fill_ds_config
-
-        fill_ds_config(config, config.distributed.world_size)
-
-
 def cmd_run(args: argparse.Namespace) -> int:
     from .core.config import load_config
-    from .core.files import ensure_writable
+    from .util.files import ensure_writable
 
     config = load_config(args.config, args.set, args.variant)  # a mistake stops here, at once
     if not is_distributed_launch() or dist_env()[0] == 0:
-        ensure_writable(config.run_dir)  # cheapest check first: fail before reading any model
+        ensure_writable(config.run_dir, create=False)  # cheapest first: before any model
     from .engine.hardware import configure_threads
     from .runner import Runner
+    from .tracking.tracker import check_reachable, tracking_uri
+    from .validate import config_warnings, preflight
+
+    if not is_distributed_launch() or dist_env()[0] == 0:
+        check_reachable(tracking_uri(config))  # an unusable store fails before any model loads
 
     configure_threads()
     runner = Runner(config, config_file=Path(args.config))  # resolves model.dtype: auto
     preflight(runner.config)
+    for warning in config_warnings(runner.config):
+        log.warning(warning)
     if not args.no_probe:
         log_estimate(runner, _stages(args.stages))
     results = runner.run(_stages(args.stages), force=args.force)
@@ -138,6 +143,13 @@ def print_summary(config: PipelineConfig, results) -> None:
             if name in metrics:
                 shown = ", ".join(f"{k}={v:.4f}" for k, v in metrics[name].items())
                 print(f"  test {name:<9} {shown}  ({metrics['rows']} rows)")
+        if metrics.get("below_zero_shot_on_dev"):
+            ((metric, adapter),) = metrics["dev_adapter"].items()
+            base = metrics["dev_zero_shot"][metric]
+            print(
+                f"  warning: on dev the adapter ({metric} {adapter:.4f}) is below zero-shot "
+                f"({base:.4f}): training made the model worse"
+            )
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
@@ -175,86 +187,49 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    from .core.config import load_config
+    from .validate import validate_command
 
-    config = load_config(args.config, args.set)  # a config with a mistake stops here, at once
-    from .engine.hardware import configure_threads
-    from .engine.planning import plan
-    from .runner import Runner
-    from .tracking.tracker import redact
-
-    configure_threads()  # as the run will: the estimate times these threads
-    check_local_model(config.model.source)
-    runner = Runner(config)  # resolves model.dtype: auto for this machine
-    config = runner.config
-    planned = plan(config)
-    print("# resolved config")
-    print(yaml.safe_dump(redact(config.to_dict()), sort_keys=False).rstrip())
-    print(f"# config hash: {config.config_hash}")
-    b = planned["budget"]
-    print(
-        f"\n# budget ({planned['model']['source']}, d={planned['model']['hidden_size']}, "
-        f"{planned['model']['parameters']:,} params, dims from {planned['model']['spec_from']})"
-    )
-    print(
-        f"method={b['method']} m={b['m']} r={b['r']} trainable={b['trainable']:,} "
-        f"PT budget={b['pt_budget']:,} ({b['fraction_of_pt_budget']:.2%})"
-    )
-    print("\n# stage plan")
-    plan = runner.plan()
-    for stage, status in plan.items():
-        print(f"{stage:<9} {status}")
-    print(f"\n# precision\nmodel.dtype {config.model.dtype} → {config.model.compute_dtype}")
-    if not args.no_probe:
-        from .engine.estimate import estimate_stages
-
-        estimate = estimate_stages(runner.context, plan)
-        print("\n# time estimate")
-        print(estimate if isinstance(estimate, str) else estimate.line())
-    if config.distributed.deepspeed:
-        from .engine.deepspeed_config import ds_config_path, fill_ds_config
-
-        ds = fill_ds_config(config, config.distributed.world_size)
-        mode = (
-            "b: int8 base replicated outside ZeRO, engine owns the adapter only"
-            if config.model.load_in_8bit
-            else "a: whole model under ZeRO"
-        )
-        print(f"\n# deepspeed ({ds_config_path(config)}; mode {mode})")
-        print(
-            f"zero stage {ds['zero_optimization']['stage']}, global batch "
-            f"{ds['train_batch_size']} = {ds['train_micro_batch_size_per_gpu']} micro × "
-            f"{ds['gradient_accumulation_steps']} accumulation × {config.distributed.world_size}"
-            f" ranks, bf16={ds.get('bf16', {}).get('enabled')}"
-        )
-    mem = planned["memory"]
-    print(f"\n# memory plan (world size {mem['world_size']})")
-    print(f"frozen weights per rank:  {mem['frozen_weight_bytes_per_rank'] / 2**30:.2f} GiB")
-    print(f"trainable parameters:     {mem['trainable_parameters']:,}")
-    print(f"optimizer state per rank: {mem['optimizer_state_bytes_per_rank'] / 2**20:.2f} MiB")
-    return 0
+    return validate_command(args)
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
     from .core.config import ConfigError
-    from .core.files import write_text_atomic
-    from .engine.predict import Predictor
+    from .engine.predict import Predictor, exported_task, find_export_dir
     from .tasks.readers import read_jsonl
+    from .util.files import write_text_atomic
 
     batch_size = {"batch_size": args.batch_size} if args.batch_size else {}
     output = Path(args.output) if args.output else None
     if output is not None and not output.parent.is_dir():
         raise ConfigError(f"--output {output}: {output.parent} is not a directory")
-    rows = [{k: v for k, v in r.items() if k != "_line"} for r in read_jsonl(Path(args.input))]
+    _, task = exported_task(find_export_dir(args.run))
+    rows = [task.renamed(r) for r in read_jsonl(Path(args.input))]  # the file's column names too
     if not rows:
         raise ConfigError(f"--input {args.input}: no rows to predict")
-    results = Predictor(args.run).predict(rows, **batch_size)
+    task.check_rows(rows, args.input)  # before the model loads: file and line named
+    results = Predictor(args.run).predict(rows, source=args.input, **batch_size)
     lines = "".join(json.dumps(result) + "\n" for result in results)
     if output is not None:
         write_text_atomic(output, lines)
     else:
         sys.stdout.write(lines)
     return 0
+
+
+def count(least: int):
+    """An argparse type: a whole number ≥ ``least`` (checked when the command line is read,
+    not minutes later; argparse names the flag)."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+        if value < least:
+            raise argparse.ArgumentTypeError(f"must be ≥ {least}, got {value}")
+        return value
+
+    return parse
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -276,7 +251,7 @@ def build_parser() -> argparse.ArgumentParser:
     with_config(run)
     run.add_argument("--stages", help=f"comma-separated subset of {','.join(STAGE_ORDER)}")
     run.add_argument("--force", action="store_true", help="re-run stages even when cached")
-    run.add_argument("--variant", type=int, help="run the i-th combination of the sweep: grid")
+    run.add_argument("--variant", type=count(0), help="run the i-th combination of the sweep: grid")
     run.add_argument("--no-probe", action="store_true", help=NO_PROBE_HELP)
     run.set_defaults(func=cmd_run)
 
@@ -292,7 +267,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=[],
         help="extra sbatch option for every job, e.g. --sbatch-arg=--partition=gpu",
     )
-    submit.add_argument("--max-parallel", type=int, help="array throttle (%%N)")
+    submit.add_argument("--max-parallel", type=count(1), help="array throttle (%%N)")
     submit.set_defaults(func=cmd_submit)
 
     compare = sub.add_parser(
@@ -300,7 +275,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     compare.add_argument("study", help="study YAML, e.g. configs/studies/gemma3_270m.yaml")
     compare.add_argument("--dry-run", action="store_true", help="print the grid jobs only")
-    compare.add_argument("--parallel", type=int, help="jobs at a time (overrides the file)")
+    compare.add_argument("--parallel", type=count(1), help="jobs at a time (overrides the file)")
     compare.add_argument(
         "--report-only", action="store_true", help="render the report from finished jobs only"
     )
@@ -311,13 +286,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     with_config(validate)
     validate.add_argument("--no-probe", action="store_true", help=NO_PROBE_HELP)
+    validate.add_argument(
+        "--no-data", action="store_true", help="skip reading the task's data files"
+    )
     validate.set_defaults(func=cmd_validate)
 
     predict = sub.add_parser("predict", help="score JSONL rows with a trained adapter")
     predict.add_argument("run", help="run directory or export directory")
     predict.add_argument("--input", required=True, help="JSONL rows with the task's fields")
     predict.add_argument("--output", help="write JSONL here instead of stdout")
-    predict.add_argument("--batch-size", type=int, help="rows per forward pass (default 16)")
+    predict.add_argument("--batch-size", type=count(1), help="rows per forward pass (default 16)")
     predict.set_defaults(func=cmd_predict)
     return parser
 
@@ -326,12 +304,16 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
     args.argv = argv  # the exact command, for reports
-    quiet = dist_env()[0] != 0  # only rank 0 logs progress; other ranks say only what is wrong
     logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.WARNING if quiet else logging.INFO,
+        level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         datefmt="%H:%M:%S",
     )
+    if dist_env()[0] != 0 and not args.verbose:  # progress from rank 0 only
+        for handler in logging.getLogger().handlers:
+            handler.addFilter(rank_zero_only)
+    if not args.verbose:
+        quiet_libraries()
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     try:
         with interrupting_on_stop_signals():

@@ -28,9 +28,6 @@ import yaml
 from stages import PIPELINE
 
 from .core.config import PipelineConfig
-from .core.files import MANIFEST, checksum_tree, ensure_writable, read_json, write_json_atomic
-from .core.locks import BlockingLock, RunLock
-from .core.ranks import dist_env, is_distributed_launch
 from .core.stage import RunContext, Stage, StageError, StageResult, read_manifest
 from .engine.distributed import barrier, init_process_group
 from .engine.hardware import with_resolved_dtype
@@ -39,6 +36,9 @@ from .launch.commands import distributed_stage_command, rank_env
 from .launch.signals import Preempted, clear_marker, raise_if_marked, run_forwarding_signals
 from .launch.slurm import NodeFailures
 from .tracking.tracker import Tracker, check_reachable, redact, tracking_uri
+from .util.files import MANIFEST, checksum_tree, ensure_writable, read_json, write_json_atomic
+from .util.locks import BlockingLock, RunLock
+from .util.ranks import dist_env, is_distributed_launch
 
 log = logging.getLogger(__name__)
 

@@ -18,7 +18,8 @@
 # touched, so commands need SLURM_CONF=$ADEPT_SLURM_DIR/slurm.conf (`eval "$(... env)"`).
 # Daemons listen on 127.0.0.1 only: the host name resolves there and CommunicationParameters
 # binds to that address instead of 0.0.0.0. `down` cancels the jobs first, so no slurmstepd or
-# job process outlives the daemons. Idempotent: `up` on a running cluster changes nothing.
+# job process outlives the daemons. Idempotent: `up` on a running cluster changes nothing; `up`
+# after a crash starts with no jobs (the old cluster's saved job state is cleared).
 # A requeued job may start again after 30 s (AuthInfo cred_expire; Slurm's default is 120 s).
 # There is no accounting database (sacct cannot work); finished jobs stay in `scontrol show job`
 # for an hour (MinJobAge) and every finished job is a line in $dir/jobcomp.log.
@@ -197,7 +198,9 @@ up() {  # $1: number of nodes
   export SLURM_CONF=$conf
   start_munge
   if ! alive "$dir/slurmctld.pid"; then
-    if [ "$nodes" = 1 ]; then /usr/sbin/slurmctld -f "$conf"; else on_node adept-ctl /usr/sbin/slurmctld -f "$conf"; fi
+    # -c: a fresh cluster starts with no jobs; those of one that was never brought down (a crash,
+    # a killed test run) would otherwise be recovered and hold the node
+    if [ "$nodes" = 1 ]; then /usr/sbin/slurmctld -c -f "$conf"; else on_node adept-ctl /usr/sbin/slurmctld -c -f "$conf"; fi
   fi
   for node in $(node_names); do start_slurmd "$node"; done
   for _ in $(seq 120); do

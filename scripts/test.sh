@@ -12,4 +12,4 @@ workers=${PYTEST_WORKERS:-2}
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-$((workers > 1 ? 1 : 2))}
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .
-.venv/bin/python -m pytest -n "$workers" --dist loadgroup "$@"
+.venv/bin/python -m pytest -n "$workers" "$@"

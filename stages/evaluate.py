@@ -3,7 +3,9 @@
 Inputs:  tokenize/{test,dev}, train/best_adapter.
 Outputs: ``metrics.json`` (test metrics of the trained adapter and, when eval.zero_shot, of the
          base model alone through the same code, plus the base model's dev metrics as
-         ``dev_zero_shot``: the reference the adapter's dev scores are read against),
+         ``dev_zero_shot``: the reference the adapter's dev scores are read against, and
+         ``below_zero_shot_on_dev`` when the kept adapter's dev score is lower: the adapter
+         made the model worse on dev, a warning the summary and the registry repeat),
          ``timing.json`` (seconds per scored batch, peak resident memory),
          ``predictions.jsonl`` (per-row choice scores).
 """
@@ -11,6 +13,7 @@ Outputs: ``metrics.json`` (test metrics of the trained adapter and, when eval.ze
 from __future__ import annotations
 
 import json
+import logging
 import math
 import time
 from typing import Any
@@ -18,13 +21,14 @@ from typing import Any
 import datasets
 from tqdm.auto import tqdm
 
-from pipeline.core.files import peak_rss_mib, write_json_atomic
 from pipeline.core.stage import RunContext, Stage
 from pipeline.engine.evaluation import evaluate_split
 from pipeline.engine.models import context_base_model, context_tokenizer
 from pipeline.methods import SoftPromptModel, ZeroShot
+from pipeline.util.files import peak_rss_mib, write_json_atomic
 
 METRICS, TIMING, PREDICTIONS = "metrics.json", "timing.json", "predictions.jsonl"
+log = logging.getLogger(__name__)
 
 
 def run(ctx: RunContext) -> dict[str, Any]:
@@ -62,10 +66,28 @@ def run(ctx: RunContext) -> dict[str, Any]:
         dev_metrics, _ = evaluate_split(ZeroShot(base), task, dev, tokenizer, cfg.eval.batch_size)
         results["dev_zero_shot"] = dev_metrics
         ctx.log_metrics({f"dev/zero_shot/{k}": v for k, v in dev_metrics.items()}, None)
+        results.update(compare_on_dev(ctx, task, dev_metrics))
     timing["peak_rss_mib"] = peak_rss_mib()
     write_json_atomic(ctx.work_dir / METRICS, results)
     write_json_atomic(ctx.work_dir / TIMING, {"batch_size": cfg.eval.batch_size, **timing})
     return {k: v for k, v in results.items() if k in ("adapter", "zero_shot")}
+
+
+def compare_on_dev(ctx: RunContext, task, zero_shot: dict[str, float]) -> dict[str, Any]:
+    """The kept adapter's dev score (the selection metric) against the bare base's."""
+    summary = json.loads((ctx.input_dir("train") / "train_summary.json").read_text())
+    metric = task.selection_metric
+    adapter, base = summary[f"best_dev_{metric}"], zero_shot[metric]
+    below = adapter < base
+    if below:
+        log.warning(
+            "on dev the adapter's %s (%.4f) is below the zero-shot base's (%.4f): training made "
+            "the model worse; see the learning rates and train/history.jsonl",
+            metric,
+            adapter,
+            base,
+        )
+    return {"dev_adapter": {metric: adapter}, "below_zero_shot_on_dev": below}
 
 
 STAGE = Stage(

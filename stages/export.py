@@ -25,12 +25,12 @@ from typing import Any
 
 from safetensors.torch import save_file
 
-from pipeline.core.files import write_json_atomic
 from pipeline.core.stage import WHOLE_CONFIG, RunContext, Stage
 from pipeline.engine.merge import MERGED_DIR, merge_adapter, model_card, save_merged
 from pipeline.engine.models import context_base_model, load_model, load_tokenizer
 from pipeline.engine.predict import TASK_FILE
 from pipeline.methods import SoftPromptModel
+from pipeline.util.files import write_json_atomic
 
 ADAPTER, FOLDED_FILE, REGISTERED = "adapter", "folded_embeddings.safetensors", "registered.json"
 
@@ -96,6 +96,8 @@ def run(ctx: RunContext) -> dict[str, Any]:
             "task": task.name,
             **{f"test_{k}": v for k, v in description["metrics"].items()},
         }
+        if metrics.get("below_zero_shot_on_dev"):  # the alias rule stays; the version says so
+            tags["below_zero_shot_on_dev"] = "true"
         train = json.loads((ctx.input_dir("train") / "train_summary.json").read_text())
         dev_score = train[f"best_dev_{task.selection_metric}"]
         tracker = ctx.tracker

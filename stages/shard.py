@@ -15,9 +15,9 @@ from typing import Any
 
 import datasets
 
-from pipeline.core.files import write_json_atomic
 from pipeline.core.stage import RunContext, Stage
 from pipeline.engine.batches import interleaved_shards
+from pipeline.util.files import write_json_atomic
 
 SHARDS = "shards.json"
 

@@ -2,7 +2,8 @@
 
 Inputs:  the task's files under the data directory (task.data_dir / $PIPELINE_DATA_DIR) or the hub.
 Outputs: ``train/``, ``dev/``, ``test/`` datasets (context_ids, choice_ids, label, gold,
-         truncated) and ``stats.json``.
+         truncated; dev and test also line and source: the row's line and fields as written)
+         and ``stats.json``.
 Setup:   load the tokenizer, read and split the rows with the paper's protocol.
 Run:     batched calls of the fast tokenizer straight on the row lists (a ``datasets.map`` round
          trip through Arrow costs as much as the tokenizer itself); over-long rows lose passage
@@ -18,10 +19,10 @@ import datasets
 import pyarrow as pa
 from datasets.table import InMemoryTable
 
-from pipeline.core.files import write_json_atomic
 from pipeline.core.stage import RunContext, Stage
 from pipeline.engine.models import context_tokenizer
 from pipeline.tasks import Encoder, load_task_splits
+from pipeline.util.files import write_json_atomic
 
 SPLITS, STATS = ("train", "dev", "test"), "stats.json"
 IDS = pa.list_(pa.int64())
@@ -32,7 +33,10 @@ COLUMN_TYPES = {
     "gold": pa.float64(),
     "truncated": pa.bool_(),
     "answers": pa.list_(pa.string()),  # generation tasks only
+    "line": pa.int64(),  # dev and test: the row's line in its file
+    "source": pa.string(),  # dev and test: the row's fields as written (JSON)
 }
+KEEP_SOURCE = ("dev", "test")  # splits whose predictions are joined back to the user's file
 
 
 def as_dataset(columns: dict[str, list], fingerprint: str) -> datasets.Dataset:
@@ -54,7 +58,7 @@ def run(ctx: RunContext) -> dict[str, Any]:
 
     stats: dict[str, Any] = {"task": task.name, "max_length": cfg.task.max_length}
     for split, (rows, source) in splits.items():
-        encoded = encoder.encode(rows, source)  # batched fast-tokenizer calls
+        encoded = encoder.encode(rows, source, keep_source=split in KEEP_SOURCE)
         dataset = as_dataset(encoded, fingerprint=f"tokenize-{ctx.stage_key[:16]}-{split}")
         dataset.save_to_disk(str(ctx.work_dir / split))
         lengths = [len(c) for c in encoded["context_ids"]]
@@ -74,5 +78,5 @@ STAGE = Stage(
     config_keys=("model.source", "task"),
     outputs=(*SPLITS, STATS),
     shared=True,
-    version=2,  # 2: a cut row fills its budget to the token (one token short before cb35bb5)
+    version=3,  # 3: dev and test keep each row's line and fields; 2: a cut row fills its budget
 )

@@ -34,8 +34,6 @@ import datasets
 import torch
 from tqdm.auto import tqdm
 
-from pipeline.core.files import peak_rss_mib, write_json_atomic
-from pipeline.core.ranks import dist_env
 from pipeline.core.stage import RunContext, Stage
 from pipeline.engine.backends import build_backend, load_training_base
 from pipeline.engine.batches import BatchStream
@@ -48,6 +46,8 @@ from pipeline.launch.signals import StopFlag, clear_marker, mark_preempted
 from pipeline.methods import wrap
 from pipeline.tasks import Task
 from pipeline.tracking.plots import loss_curve
+from pipeline.util.files import peak_rss_mib, write_json_atomic
+from pipeline.util.ranks import dist_env
 
 log = logging.getLogger(__name__)
 HISTORY, BEST_ADAPTER, SUMMARY, CURVE = (
@@ -115,7 +115,7 @@ def setup(ctx: RunContext) -> Trainer:
         shared_prefix=cfg.shared_prefix_in_training,
     )
     backend = build_backend(model, cfg)
-    log.info(
+    logging.getLogger("pipeline.ranks").info(  # every rank logs this line (the others: rank 0)
         "%s: %d trainable parameters; rank %d of %d on %s",
         model.config.method,
         model.expected_trainable_parameters(),
@@ -208,10 +208,14 @@ def check_finite(t: Trainer, loss: float, step: int, progress: Progress) -> None
         return
     good = t.checkpointer.complete()
     groups = ", ".join(f"train.lr.{g}" for g in t.ctx.config.train.lr)
+    best = (
+        f"best adapter so far (step {progress.best['step']}): {t.best_dir}"
+        if progress.best["step"] is not None
+        else "no adapter kept yet (no dev evaluation before it)"
+    )
     raise FloatingPointError(
         f"train loss became {loss} at step {step}; stopped without saving this step. "
-        f"Last good checkpoint: {good[-1] if good else 'none'}; best adapter so far "
-        f"(step {progress.best['step']}): {t.best_dir}. Lower {groups}"
+        f"Last good checkpoint: {good[-1] if good else 'none'}; {best}. Lower {groups}"
     )
 
 

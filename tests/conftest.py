@@ -24,13 +24,26 @@ SLURM_MODULES = ("test_slurm", "test_slurm_multinode")  # one cluster at a time 
 
 
 def pytest_collection_modifyitems(items) -> None:
-    """Under pytest-xdist (`--dist loadgroup`) a test module runs on one worker, so its
-    module-scoped fixtures (a finished run, a study, a Slurm cluster) are made once; the Slurm
-    modules share a worker, since two clusters cannot run side by side."""
-    for item in items:
-        module = item.module.__name__.rpartition(".")[2]
-        group = "slurm" if module in SLURM_MODULES else module
-        item.add_marker(pytest.mark.xdist_group(group))
+    """The Slurm modules go first: under xdist they are the longest unit of work."""
+    items.sort(key=lambda item: module_of(item.nodeid) not in SLURM_MODULES)
+
+
+def pytest_xdist_make_scheduler(config, log):
+    """Under pytest-xdist (scripts/test.sh runs two workers) a test module runs on one worker,
+    so its module-scoped fixtures (a finished run, a study, a Slurm cluster) are made once; the
+    two Slurm modules share a worker, since two clusters cannot run side by side."""
+    from xdist.scheduler import LoadScopeScheduling
+
+    class ByModule(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            module = module_of(nodeid)
+            return "slurm" if module in SLURM_MODULES else module
+
+    return ByModule(config, log)
+
+
+def module_of(nodeid: str) -> str:
+    return Path(nodeid.split("::", 1)[0]).stem
 
 
 @pytest.fixture(params=sorted(TINY_MODELS))

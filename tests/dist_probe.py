@@ -12,12 +12,12 @@ from pathlib import Path
 import torch
 
 from pipeline.core.config import PipelineConfig
-from pipeline.core.ranks import dist_env, exit_process
 from pipeline.engine.backends import DeepSpeedBackend
 from pipeline.engine.deepspeed_config import zero3_loading
 from pipeline.engine.distributed import init_process_group
 from pipeline.engine.models import load_model
 from pipeline.methods import wrap
+from pipeline.util.ranks import dist_env, exit_process
 
 
 def main() -> None:

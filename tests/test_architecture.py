@@ -11,7 +11,8 @@ import networkx as nx
 
 REPO = Path(__file__).resolve().parents[1]
 LAYERS = [  # lowest first; a module belongs to the first prefix it starts with
-    ("pipeline.methods", "pipeline.tasks", "pipeline.core.files", "pipeline.core.locks"),
+    ("pipeline.util",),
+    ("pipeline.methods", "pipeline.tasks"),
     ("pipeline.core",),
     ("pipeline.engine",),
     ("pipeline.tracking", "pipeline.launch"),

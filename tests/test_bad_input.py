@@ -153,14 +153,12 @@ def test_bad_input_round_two(case, tmp_path, tiny_model_dir, capsys) -> None:
         data.write_bytes(data.read_text().encode("latin-1"))
         extra = []
     config = write_config(tmp_path, tiny_model_dir, **{"tracking": {"uri": None}, **sections})
-    start = time.monotonic()
     assert main(["run", str(config), *extra]) == 2
     err = capsys.readouterr().err
     assert "Traceback" not in err and re.search(expected, err), err
     assert_no_partial_output(tmp_path / "runs" / "tiny")
     if case.startswith(("model_", "truncated", "corrupt", "tokenizer")):  # checked before stages
-        assert not (tmp_path / "runs" / "tiny" / "tokenize").exists()
-        assert time.monotonic() - start < 20
+        assert not (tmp_path / "runs" / "tiny").exists()  # not even an empty run directory
 
 
 def test_duplicate_yaml_key_names_both_lines(tmp_path, capsys) -> None:
@@ -270,7 +268,7 @@ def test_a_signal_during_evaluate_is_one_line_exit_3_and_a_killed_run(
     """Ctrl-C or SIGTERM outside training: exit 3, one `interrupted:` line, no traceback, the
     evaluate stage left without output and the MLflow run marked KILLED; the re-run finishes."""
     config = write_config(
-        tmp_path, tiny_model_dir, task={"test_limit": 400}, eval={"batch_size": 1}
+        tmp_path, tiny_model_dir, task={"test_limit": 200}, eval={"batch_size": 1}
     )
     run_dir = tmp_path / "runs" / "tiny"
     err_file = tmp_path / "stderr.txt"
@@ -289,6 +287,37 @@ def test_a_signal_during_evaluate_is_one_line_exit_3_and_a_killed_run(
     uri = f"sqlite:///{(run_dir.parent / 'mlflow.db').resolve()}"
     run_id = json.loads((run_dir / "mlflow_run.json").read_text())["run_id"]
     assert mlflow.MlflowClient(tracking_uri=uri).get_run(run_id).info.status == "KILLED"
+    if sig == signal.SIGINT:  # Ctrl-C here, kill -9 below: the re-run redoes it exactly
+        assert_rerun_equals_a_fresh_evaluate(config, run_dir)
+
+
+def assert_rerun_equals_a_fresh_evaluate(config: Path, run_dir: Path) -> None:
+    """The re-run after an interrupted evaluate finishes, and what it wrote is byte for byte
+    what evaluating afresh writes (timing aside)."""
+    assert main(["run", str(config), "--no-probe"]) == 0
+    outputs = {
+        name: (run_dir / "evaluate" / name).read_bytes()
+        for name in ("metrics.json", "predictions.jsonl")
+    }
+    assert main(["run", str(config), "--stages", "evaluate", "--force", "--no-probe"]) == 0
+    for name, content in outputs.items():
+        assert (run_dir / "evaluate" / name).read_bytes() == content, name
+
+
+def test_kill_9_during_evaluate_then_rerun(tmp_path, tiny_model_dir) -> None:
+    config = write_config(
+        tmp_path, tiny_model_dir, task={"test_limit": 200}, eval={"batch_size": 1}
+    )
+    run_dir = tmp_path / "runs" / "tiny"
+    proc = start_pipeline("run", str(config), "--no-probe")
+    deadline = time.monotonic() + 300
+    while not (run_dir / ".evaluate.partial").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.5)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=120)
+    assert not (run_dir / "evaluate").exists()
+    assert_rerun_equals_a_fresh_evaluate(config, run_dir)
 
 
 def test_ctrl_c_during_training_checkpoints_like_sigterm(tmp_path, tiny_model_dir) -> None:

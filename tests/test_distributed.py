@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from pipeline.cli import main
 from tests.helpers import (
     ENV,
     REPO,
@@ -60,9 +61,10 @@ def test_zero3_two_ranks_matches_one_process(tmp_path, tiny_model_dir) -> None:
     for config in (single, double):
         proc = pipeline("run", str(config), *stages)
         assert proc.returncode == 0, proc.stderr[-4000:]
-    # only rank 0 logs and writes: one dev line, one history line and one tracked point a step
-    assert proc.stderr.count("step 4 dev") == 1 and "rank 0 of 2" in proc.stderr
-    assert "rank 1 of 2" not in proc.stderr
+    # only rank 0 logs progress and writes: one dev line, one history line and one tracked
+    # point a step; every rank says once where it runs
+    assert proc.stderr.count("step 4 dev") == 1
+    assert proc.stderr.count("rank 0 of 2") == proc.stderr.count("rank 1 of 2") == 1
     run_two = tmp_path / "two" / "runs" / "tiny"
     assert tracked_losses(run_two) == list(enumerate(losses(run_two), start=1))
     one, two = (
@@ -71,7 +73,7 @@ def test_zero3_two_ranks_matches_one_process(tmp_path, tiny_model_dir) -> None:
     )
     assert len(one) == len(two) == 4
     # same global batch of 8 rows per step; differences are float reduction order only
-    assert two == pytest.approx(one, abs=2e-4), (one, two)
+    assert two == pytest.approx(one, abs=1e-6), (one, two)
     assert one[-1] != one[0]
     ckpt = tmp_path / "two" / "runs" / "tiny" / ".scratch" / "train" / "checkpoints"
     latest = sorted(ckpt.glob("step_*"))[-1]
@@ -142,7 +144,7 @@ def test_signal_then_resume_equals_uninterrupted(tmp_path, tiny_model_dir, world
         tmp_path / "cut", tiny_model_dir, world=world, batch=2, steps=steps, **settings
     )
     stages = ["--stages", "tokenize,shard,train"]
-    assert pipeline("run", str(ref), *stages).returncode == 0
+    assert main(["run", str(ref), *stages]) == 0  # in this process: no start-up to pay
     run_dir = tmp_path / "cut" / "runs" / "tiny"
     proc = start_pipeline("run", str(run), *stages, stderr=subprocess.PIPE)
     wait_for_step(run_dir / ".scratch" / "train" / "history.jsonl", 3, proc)
@@ -151,8 +153,7 @@ def test_signal_then_resume_equals_uninterrupted(tmp_path, tiny_model_dir, world
     assert proc.returncode == 3, err[-3000:]
     assert "preempted" in err and "checkpoint" in err
     assert not (run_dir / "train").exists()  # no half-written stage output
-    resumed = pipeline("run", str(run), *stages)
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert main(["run", str(run), *stages]) == 0  # resumes
     summary = json.loads((run_dir / "train" / "train_summary.json").read_text())
     assert summary["resumed_from_step"] is not None and summary["resumed_from_step"] < steps
     expected = losses(tmp_path / "ref" / "runs" / "tiny")

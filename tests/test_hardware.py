@@ -6,18 +6,19 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from pathlib import Path
 
 import pytest
 import torch
 
 from pipeline.cli import main
-from pipeline.core import cpus
 from pipeline.core.config import ConfigError, load_config
 from pipeline.engine import estimate, hardware
 from pipeline.engine.hardware import resolve_precision, with_resolved_dtype
 from pipeline.launch.commands import rank_env
 from pipeline.runner import Runner
+from pipeline.util import cpus
 from stages import PIPELINE
 from tests.helpers import write_config
 
@@ -241,6 +242,7 @@ def test_validate_estimates_each_stage_then_reuses_the_probe(
     tmp_path, tiny_model_dir, capsys, monkeypatch
 ) -> None:
     monkeypatch.setenv("PIPELINE_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setattr(estimate, "machine_load", lambda: 0.0)  # an idle machine
     config = write_config(tmp_path, tiny_model_dir)
     assert main(["validate", str(config)]) == 0
     first = capsys.readouterr().out
@@ -254,6 +256,25 @@ def test_validate_estimates_each_stage_then_reuses_the_probe(
     assert main(["validate", str(config), "--no-probe"]) == 0
     assert "# time estimate" not in capsys.readouterr().out
     assert (tmp_path / "cache" / estimate.ESTIMATES_FILE).is_file()
+
+
+def test_a_probe_taken_on_a_busy_machine_says_so_and_is_taken_again_when_idle(
+    tmp_path, tiny_model_dir, capsys, monkeypatch
+) -> None:
+    monkeypatch.setenv("PIPELINE_CACHE_DIR", str(tmp_path / "cache"))
+    config = str(write_config(tmp_path, tiny_model_dir))
+    cpus = os.cpu_count()
+
+    def estimate_line(load: float) -> str:
+        monkeypatch.setattr(estimate, "machine_load", lambda: load)
+        assert main(["validate", config]) == 0
+        return capsys.readouterr().out.split("# time estimate\n")[1].splitlines()[0]
+
+    busy = f"on a busy machine, load {float(cpus):.1f} on {cpus} CPUs: likely high"
+    assert f"probe just run {busy}" in estimate_line(cpus)
+    assert f"probe cached {busy}" in estimate_line(cpus)  # still busy: the probe is kept
+    assert "probe just run):" in estimate_line(0.0)  # idle now: taken again
+    assert "probe cached):" in estimate_line(cpus)  # an idle probe is kept, whatever the load
 
 
 def test_several_ranks_are_not_estimated(tmp_path, tiny_model_dir) -> None:

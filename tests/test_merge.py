@@ -6,6 +6,7 @@ Every check scores in a fresh process that imports only torch and transformers
 
 from __future__ import annotations
 
+import copy
 import json
 import subprocess
 import sys
@@ -284,6 +285,11 @@ def test_rest_serving_from_the_registry_answers_invocations(merged_run, tmp_path
         assert status == 400 and "missing inputs ['question']" in body, (status, body)
         status, body = post_json(url, b"{not json")
         assert status == 400 and "JSON" in body, (status, body)
+        for value, kind in ((5, "is a int, not text"), (None, "is null")):  # wrong type, null
+            row = json.dumps({"dataframe_records": [{"passage": value, "question": "Is it?"}]})
+            status, body = post_json(url, row.encode())
+            assert status == 400 and f"field 'passage' {kind}" in body, (status, body)
+            assert "Traceback" not in body and "stack_trace" not in body, body
     print(f"REST latency on the tiny model: {per_row * 1000:.1f} ms per row (batch of 6)")
 
 
@@ -292,7 +298,7 @@ def test_real_gemma_merged_adept_matches_the_adapter(tmp_path) -> None:
     from pipeline.engine.models import GEMMA_PACKAGE_SOURCE, load_model, load_tokenizer
 
     base = load_model(GEMMA_PACKAGE_SOURCE, dtype="float32", attention="sdpa")  # merging edits it
-    tokenizer = load_tokenizer(GEMMA_PACKAGE_SOURCE)
+    tokenizer = copy.deepcopy(load_tokenizer(GEMMA_PACKAGE_SOURCE))  # shared: merging edits it
     model = ADePT(base, num_virtual_tokens=60, budget_tokens=100)  # r = 19: the PT-100 budget
     perturb(model, scale=0.02)
     contexts, expected = adapter_scores(model, tokenizer, TEXT_ROWS)

@@ -15,9 +15,9 @@ import yaml
 
 from pipeline.cli import main
 from pipeline.core.config import load_config
-from pipeline.core.files import checksum_tree
 from pipeline.core.stage import read_manifest
 from pipeline.runner import BY_NAME, Runner
+from pipeline.util.files import checksum_tree
 from tests.helpers import (
     REPO,
     assert_accuracy_is_its_predictions,
@@ -112,8 +112,8 @@ def test_stage_version_reruns_outputs_of_older_code(finished_run) -> None:
     config, _ = finished_run
     runner = Runner(load_config(config))
     tokenize = BY_NAME["tokenize"]
-    assert runner.is_cached(tokenize) and tokenize.version == 2
-    raised = dataclasses.replace(tokenize, version=3)
+    assert runner.is_cached(tokenize) and tokenize.version == 3
+    raised = dataclasses.replace(tokenize, version=4)
     assert runner.stage_key(raised)[0] != runner.stage_key(tokenize)[0]
     assert not runner.is_cached(raised)
     shard = BY_NAME["shard"]

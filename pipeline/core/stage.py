@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..util.files import MANIFEST, read_json, write_json_atomic
 from .config import PipelineConfig
-from .files import MANIFEST, read_json, write_json_atomic
 
 WHOLE_CONFIG = "*"
 ATTEMPT_FILE = "attempt.json"

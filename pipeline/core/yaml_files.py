@@ -1,6 +1,6 @@
-"""Reading config YAML: a strict loader (a key given twice is an error naming both lines),
-``--set KEY.PATH=VALUE`` overrides and the ``sweep:`` grid. No pipeline types: the config
-model (:mod:`pipeline.core.config`) builds on it."""
+"""Reading config YAML: the strict loader (util/strict_yaml.py: a key given twice is an error
+naming both lines), ``--set KEY.PATH=VALUE`` overrides and the ``sweep:`` grid. No pipeline
+types: the config model (:mod:`pipeline.core.config`) builds on it."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from pydantic import ValidationError
 
 from ..methods import MethodConfigError
 from ..tasks import TaskDeclarationError
+from ..util.strict_yaml import load_yaml
 
 # keys that moved: the error for the old key names the new one
 RENAMED_KEYS = {
@@ -26,27 +27,10 @@ class ConfigError(ValueError):
     """A configuration problem; the message names the file and key path."""
 
 
-class UniqueKeyLoader(yaml.SafeLoader):
-    """The safe loader, refusing a key that appears twice in one mapping (plain YAML keeps the
-    last silently: a second ``train:`` block would replace the first)."""
-
-    def construct_mapping(self, node, deep=False):
-        seen: dict[Any, int] = {}
-        for key_node, _ in node.value:
-            key = self.construct_object(key_node, deep=True)
-            line = key_node.start_mark.line + 1
-            if key in seen:
-                raise yaml.constructor.ConstructorError(
-                    None, None, f"key {key!r} appears twice (lines {seen[key]} and {line})"
-                )
-            seen[key] = line
-        return super().construct_mapping(node, deep)
-
-
 def read_yaml(path: Path) -> Any:
-    """A YAML file through :class:`UniqueKeyLoader`; bad YAML is a ConfigError naming the file."""
+    """A YAML file through the strict loader; bad YAML is a ConfigError naming the file."""
     try:
-        return yaml.load(path.read_text(), Loader=UniqueKeyLoader)  # a SafeLoader subclass
+        return load_yaml(path.read_text())
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML: {exc}") from None
     except UnicodeDecodeError as exc:
@@ -61,7 +45,7 @@ def parse_override(item: str) -> tuple[list[str], Any]:
     if not key.strip():
         raise ConfigError(f"--set {item!r}: empty key")
     try:
-        value = yaml.load(raw, Loader=UniqueKeyLoader) if raw.strip() else None
+        value = load_yaml(raw) if raw.strip() else None
     except yaml.YAMLError as exc:
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
         raise ConfigError(f"--set {item!r}: the value is not valid YAML ({problem})") from None
@@ -94,6 +78,12 @@ def sweep_variants(sweep: dict[str, list[Any]] | None) -> list[list[str]]:
     ]
 
 
+def _names_a_key_of(err: dict[str, Any]) -> bool:
+    """A section validator's message that starts with ``field.key:`` (a dict entry's path)."""
+    message = err["msg"].removeprefix("Value error, ")
+    return message.startswith(f"{err['loc'][-1]}.") and ":" in message.split(" ")[0]
+
+
 def format_validation_error(exc: ValidationError, source: str) -> str:
     lines = []
     for err in exc.errors():
@@ -116,6 +106,9 @@ def format_validation_error(exc: ValidationError, source: str) -> str:
         ):
             expected = err["type"].split("_")[0].replace("string", "str")
             lines.append(f"{path}: expected {expected}, got {err.get('input')!r}")
+        elif err["type"] == "value_error" and err["loc"] and _names_a_key_of(err):
+            parent = ".".join(str(p) for p in err["loc"][:-1])  # "train" + "lr.prompt: …"
+            lines.append(f"{parent}.{err['msg'].removeprefix('Value error, ')}".lstrip("."))
         elif err["type"] == "value_error" and not err["loc"]:
             lines.append(err["msg"].removeprefix("Value error, "))  # names its own key path
         else:

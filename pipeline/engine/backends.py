@@ -19,10 +19,10 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from ..core.config import PipelineConfig
-from ..core.files import load_json
-from ..core.ranks import dist_env
 from ..core.stage import RunContext
 from ..methods import SoftPromptModel
+from ..util.files import load_json
+from ..util.ranks import dist_env
 from .checkpoint import rng_state, set_rng_state
 from .deepspeed_config import fill_ds_config, zero3_loading
 from .distributed import all_reduce_mean

@@ -13,8 +13,8 @@ from typing import Any
 
 import torch
 
-from ..core.files import checksum_tree, load_json, sha256_file, write_json_atomic
-from ..core.ranks import dist_env
+from ..util.files import checksum_tree, load_json, sha256_file, write_json_atomic
+from ..util.ranks import dist_env
 from .distributed import barrier
 
 log = logging.getLogger(__name__)

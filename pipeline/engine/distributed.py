@@ -7,7 +7,7 @@ from datetime import timedelta
 
 import torch
 
-from ..core.ranks import dist_env
+from ..util.ranks import dist_env
 
 # how long a rank waits in a collective before the job fails (model loading on a slow node counts)
 COLLECTIVE_TIMEOUT = timedelta(minutes=30)

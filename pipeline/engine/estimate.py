@@ -8,8 +8,9 @@ train = steps × s/step + dev evaluations × dev rows × s/row; evaluate = test 
 the adapter and for zero-shot + zero-shot dev rows; tokenize = the sample's encoding rate over
 every row. Timings are cached per machine (CPU, ISA, threads, torch), model, dtype, method and
 batch shape in ``$PIPELINE_CACHE_DIR/estimates.json``: validating again, or changing a
-learning rate or the step count, costs no probe. One process only: a run on several ranks is
-not estimated.
+learning rate or the step count, costs no probe. A probe taken while other work held half the
+CPUs or more (the 1-minute load average) says so in the line, and is taken again once the machine
+is idle. One process only: a run on several ranks is not estimated.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import random
 import time
 from collections.abc import Callable
@@ -25,9 +27,9 @@ from pathlib import Path
 from typing import Any
 
 from ..core.config import PipelineConfig
-from ..core.files import write_json_atomic
 from ..methods import ZeroShot, wrap
 from ..tasks import Encoder, load_task_splits
+from ..util.files import write_json_atomic
 from .evaluation import evaluate_split
 from .hardware import describe_machine
 from .optim import build_optimizer
@@ -60,6 +62,7 @@ class Timings:
     step_tokens: float  # padded tokens of the timed batches, per step
     row: dict[str, float]  # per scored row, "<split>/<model>", at the timed batches' padding
     row_tokens: dict[str, float]  # padded tokens per scored row in the timed batches
+    machine_load: float | None = None  # 1-minute load average when the probe began (None: unknown)
 
 
 def sample_data(config: PipelineConfig, tokenizer: Any, tokenized: Path | None) -> DataSample:
@@ -146,10 +149,21 @@ def time_scoring(model: Any, config: PipelineConfig, encoded: dict, tokenizer: A
     return seconds / count, padded_per_row(lengths, batch_size)
 
 
+def machine_load() -> float:
+    """The 1-minute load average: how many runnable tasks shared the CPUs lately."""
+    return os.getloadavg()[0]
+
+
+def is_busy(load: float | None) -> bool:
+    """Whether other work held at least half of this machine's CPUs (None: not known)."""
+    return load is not None and load >= 0.5 * (os.cpu_count() or 1)
+
+
 def probe(
     config: PipelineConfig, load_base: Callable[[], Any], tokenizer: Any, sample: DataSample
 ) -> Timings:
     """Load the base (timed) and time training and scoring on the sample."""
+    load_before = machine_load()
     started = time.perf_counter()
     base = load_base()
     load = time.perf_counter() - started
@@ -168,7 +182,7 @@ def probe(
             key = f"{split}/{name}"
             rows[key], tokens[key] = time_scoring(scored, config, sample.encoded[split], tokenizer)
         scored.unload()  # the run wraps this base next: LoRA's layers come out
-    return Timings(load, step, step_tokens, rows, tokens)
+    return Timings(load, step, step_tokens, rows, tokens, load_before)
 
 
 def probe_key(config: PipelineConfig) -> str:
@@ -193,14 +207,18 @@ def cached_timings(
     tokenizer: Any,
     sample: DataSample,
 ) -> tuple[Timings, bool]:
-    """(timings, whether they came from the cache)."""
+    """(timings, whether they came from the cache). A probe taken on a busy machine (or of
+    unknown load) is taken again once the machine is idle: it timed the other work too."""
     key, path = probe_key(config), cache / ESTIMATES_FILE
     try:
         known = json.loads(path.read_text())
     except (OSError, ValueError):
         known = {}
     if key in known:
-        return Timings(**known[key]), True
+        timings = Timings(**known[key])
+        stale = timings.machine_load is None or is_busy(timings.machine_load)
+        if not (stale and not is_busy(machine_load())):
+            return timings, True
     timings = probe(config, load_base, tokenizer, sample)
     write_json_atomic(path, {**known, key: asdict(timings)})
     return timings, False
@@ -264,6 +282,7 @@ class Estimate:
     probe_cached: bool
     machine: dict[str, Any]
     dtype: str
+    probe_load: float | None = None  # the load average the probe was taken at
 
     @property
     def total(self) -> float:
@@ -277,6 +296,9 @@ class Estimate:
             for stage in self.cached
         ]
         probe = "probe cached" if self.probe_cached else "probe just run"
+        if is_busy(self.probe_load):
+            cpus = os.cpu_count() or 1
+            probe += f" on a busy machine, load {self.probe_load:.1f} on {cpus} CPUs: likely high"
         return (
             f"estimate on this machine ({where}; {probe}): {', '.join(parts)}; "
             f"total {duration(self.total)}"
@@ -300,7 +322,14 @@ def estimate_run(
         every["evaluate"] += timings.load
     cached = {stage: status == "cached" for stage, status in plan.items()}
     seconds = {stage: every[stage] for stage, hit in cached.items() if not hit}
-    return Estimate(seconds, cached, from_cache, describe_machine(), config.model.compute_dtype)
+    return Estimate(
+        seconds,
+        cached,
+        from_cache,
+        describe_machine(),
+        config.model.compute_dtype,
+        timings.machine_load,
+    )
 
 
 def estimate_stages(ctx: Any, plan: dict[str, str]) -> Estimate | str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Sequence
 from typing import Any
@@ -48,21 +49,31 @@ def evaluate_dataset(
     )
     model.train(was_training)
     rows = []
+    values = task.label_values()
+    written = dataset["source"] if "source" in dataset_columns(dataset) else None
     for i, row_scores in enumerate(scores):
         label, value = predict_from_scores(task, row_scores)
-        rows.append(
-            {
-                "index": i,
-                "label": dataset["label"][i],
-                "gold": dataset["gold"][i],
-                "predicted": label,
-                "value": value,
-                "scores": row_scores,
-            }
-        )
+        row = {
+            "index": i,
+            "label": dataset["label"][i],
+            "gold": dataset["gold"][i],
+            "predicted": label,
+            "value": value,
+            "scores": row_scores,
+        }
+        if values:  # the task's own label values (the label map's), beside the indices
+            row.update(gold_value=values[row["label"]], predicted_value=values[label])
+        if written is not None:  # to join back: the row's line and its fields as written
+            row.update(line=dataset["line"][i], fields=json.loads(written[i]))
+        rows.append(row)
     predicted = [r["value"] if task.choice_values else r["predicted"] for r in rows]
     gold = [r["gold"] for r in rows]
     return compute_metrics(task, predicted, gold), rows
+
+
+def dataset_columns(dataset: Any) -> list[str]:
+    """Column names of a datasets.Dataset or of a dict of lists."""
+    return list(getattr(dataset, "column_names", None) or dataset)
 
 
 def stop_token_ids(tokenizer: Any, stops: Sequence[str]) -> set[int]:
@@ -132,4 +143,7 @@ def evaluate_split(
         {"index": i, "generated": text, "answers": gold}
         for i, (text, gold) in enumerate(zip(answers, golds, strict=True))
     ]
+    if "source" in dataset_columns(dataset):
+        for row, line, written in zip(rows, dataset["line"], dataset["source"], strict=True):
+            row.update(line=line, fields=json.loads(written))
     return {name: TEXT_METRICS[name](answers, golds) for name in task.metrics}, rows

@@ -25,8 +25,8 @@ from typing import Any
 import torch
 
 from ..core.config import EIGHT_BIT_DEEPSPEED, ConfigError, PipelineConfig
-from ..core.cpus import owned_cpus, thread_count
-from ..core.files import write_json_atomic
+from ..util.cpus import owned_cpus, thread_count
+from ..util.files import write_json_atomic
 
 log = logging.getLogger(__name__)
 

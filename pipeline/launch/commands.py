@@ -13,7 +13,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from ..core.cpus import thread_count
+from ..util.cpus import thread_count
 
 SLURM_TASK_VARIANT = "$SLURM_ARRAY_TASK_ID"  # expanded by the job's shell, never quoted
 

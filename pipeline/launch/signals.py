@@ -27,7 +27,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO
 
-from ..core.files import write_json_atomic
+from ..util.files import write_json_atomic
 
 log = logging.getLogger(__name__)
 

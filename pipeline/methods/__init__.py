@@ -1,8 +1,8 @@
 """Parameter-efficient methods for frozen causal LMs: vanilla PT, DePT and ADePT (+ the LoRA
 baseline), one folder each (PEFT's tuner layout): ``config.py`` holds the config dataclass, the
-parameter count and the rank rule, and registers the method (:mod:`.registry`); ``model.py``
-holds the module. Configs import no torch, so checking a YAML file is instant; the model
-classes load on first use.
+parameter count and the rank rule; ``model.py`` holds the module; the folder's ``__init__``
+registers the method (:mod:`.registry`). Configs import no torch, so checking a YAML file is
+instant; the model classes load on first use.
 
 Usable without the pipeline::
 

@@ -1,9 +1,9 @@
 """The method registry: one entry per method, added by the method's own config module.
 
 Adding a method = a config class and a model class and one :func:`register_method` call (HF
-PEFT's ``register_peft_method`` is the model); the built-in methods register from their torch-free
-``config.py`` and name their ``model.py`` class through a function, so validating a config
-imports no torch. The pipeline finds a
+PEFT's ``register_peft_method`` is the model); each built-in method's package ``__init__``
+registers its torch-free ``config.py`` class and names its ``model.py`` class through a function,
+so validating a config imports no torch. The pipeline finds a
 method only through here: the YAML ``method:`` section is validated against the chosen method's
 config class (a key the method does not have is an error naming it), adapters are loaded back by
 the method name they record, and reports take the method's label from here. Methods outside this
@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import functools
 import importlib
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -97,7 +98,9 @@ def config_from_section(section: dict[str, Any], seed: int = 42) -> MethodConfig
     values = dict(section)
     spec = get_method(values.pop("name", "adept"))
     allowed = spec.config_class.option_names()
-    for key in values:
+    for key, value in values.items():
+        if isinstance(value, float) and not math.isfinite(value):
+            raise MethodConfigError(f"method.{key}", f"must be a finite number, got {value}")
         if key in spec.config_class.renamed_options:
             new = spec.config_class.renamed_options[key]
             raise MethodConfigError(f"method.{key}", f"renamed to method.{new}")

@@ -23,7 +23,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from ..core.files import CorruptFileError, atomic_directory, load_json
+from ..util.files import CorruptFileError, atomic_directory, load_json
 from .base import MethodConfig
 from .init import init_prompt, seeded
 from .layout import right_align

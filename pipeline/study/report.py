@@ -10,10 +10,10 @@ from pathlib import Path
 from typing import Any
 
 from ..core.config import load_config
-from ..core.files import atomic_directory
 from ..methods import get_method
 from ..tasks import get_task
 from ..tracking.tracker import git_commit, tracking_uri
+from ..util.files import atomic_directory
 from .plan import Job, StudyConfig, dev_score, run_dir
 from .stats import correct_rows, paired_difference
 

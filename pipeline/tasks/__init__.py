@@ -1,7 +1,7 @@
 """Tasks declared as data: templates, choices, labels, metrics, split protocol, file readers."""
 
-from .base import DataFile, Task
-from .data import Encoder, load_task_splits, protocol_splits
+from .base import Task
+from .data import Encoder, check_task_data, load_task_splits, protocol_splits
 from .metrics import METRICS
 from .readers import DataError
 from .registry import (
@@ -12,6 +12,7 @@ from .registry import (
     parse_task,
     read_task_file,
 )
+from .sources import DataFile
 
 __all__ = [
     "METRICS",
@@ -21,6 +22,7 @@ __all__ = [
     "Encoder",
     "Task",
     "TaskDeclarationError",
+    "check_task_data",
     "get_task",
     "load_task_file",
     "load_task_splits",

@@ -8,17 +8,19 @@ inline). Templates are ``str.format`` strings over the row's fields; the rare co
 
 from __future__ import annotations
 
+import functools
 import string
 from collections.abc import Sequence
 from functools import cached_property
-from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
 
-from .readers import DataError, read_rows, require_fields, require_text
+from .readers import DataError, require_fields, require_text
+from .sources import DataFile, Hub, Strict
 
 Row = dict[str, Any]
+ID_FIELDS = ("id", "idx", "guid", "qid")  # kept with predictions when a row has one
 FieldNames = str | list[str]
 
 
@@ -33,35 +35,6 @@ def first_present(row: Row, names: FieldNames) -> Any:
 def label_key(value: Any) -> str:
     """Label values compare as text: JSON ``true``, TSV ``"True"`` and YAML ``True`` agree."""
     return str(value).strip()
-
-
-class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class DataFile(Strict):
-    """A split's file: relative to the data directory, or absolute."""
-
-    path: str = Field(description="JSONL/JSON, CSV, TSV or Parquet file (by suffix).")
-    columns: tuple[str, ...] | None = Field(None, description="Header-less CSV/TSV columns.")
-    rename: dict[str, str] = Field(default_factory=dict, description="Field renames on read.")
-
-    def location(self, root: Path | None) -> Path:
-        path = Path(self.path).expanduser()
-        if path.is_absolute() or root is None:
-            return path
-        return root / path
-
-    def read(self, root: Path | None) -> list[Row]:
-        rows = read_rows(self.location(root), self.columns)
-        if self.rename:
-            rows = [{self.rename.get(k, k): v for k, v in row.items()} for row in rows]
-        return rows
-
-
-class Hub(Strict):
-    path: str = Field(description="Hugging Face dataset id.")
-    name: str | None = Field(None, description="Its configuration name.")
 
 
 class Label(Strict):
@@ -149,6 +122,7 @@ class Task(Strict):
             self._generation_keys()
         else:
             self._classification_keys()
+        self._check_templates()
         known = TEXT_METRICS if self.type == "generation" else METRICS
         unknown = [m for m in self.metrics if m not in known]
         if unknown:
@@ -166,6 +140,16 @@ class Task(Strict):
             raise ValueError("target: only for type: generation")
         if bool(self.choices) == bool(self.choice_fields):
             raise ValueError("give either choices (fixed) or choice_fields (per row)")
+        key = "choices" if self.choices else "choice_fields"
+        given = self.choices or self.choice_fields
+        twice = sorted({c for c in given if given.count(c) > 1})
+        if twice:
+            raise ValueError(f"{key}: {twice} given twice: identical choices score the same")
+        if len(given) < 2:
+            raise ValueError(f"{key}: a classification task needs at least two, got {list(given)}")
+        outside = {k: v for k, v in (self.label.map or {}).items() if not 0 <= v < len(given)}
+        if self.choices and outside:
+            raise ValueError(f"label.map: {outside} point outside the {len(given)} choices")
 
     def _generation_keys(self) -> None:
         if self.target is None:
@@ -181,6 +165,63 @@ class Task(Strict):
         ]
         if misplaced:
             raise ValueError(f"{', '.join(misplaced)}: only for classification tasks")
+
+    def _check_templates(self) -> None:
+        """Every template compiles when the declaration loads: a syntax error names its key."""
+        _ = self.template_fields  # str.format syntax ("template: ...")
+        try:
+            targets = {f for _, f, _, _ in string.Formatter().parse(self.target_template) if f}
+        except ValueError as exc:
+            raise ValueError(f"target_template: {exc}") from None
+        if targets - {"target"}:
+            raise ValueError(f"target_template: only {{target}} exists, got {sorted(targets)}")
+        for key, text in self.jinja_templates.items():
+            from jinja2 import TemplateSyntaxError
+
+            try:
+                jinja().parse(text)
+            except TemplateSyntaxError as exc:
+                raise ValueError(f"{key}: Jinja syntax error (line {exc.lineno}): {exc}") from None
+
+    @property
+    def jinja_templates(self) -> dict[str, str]:
+        """Key path → Jinja source: the derived fields, and the per-row choice template."""
+        templates = {f"derive.{name}": expr for name, expr in self.derive.items()}
+        if self.choice_fields:
+            templates["choice_template"] = self.choice_template
+        return templates
+
+    def declared_fields(self, labelled: bool = True) -> dict[str, tuple[FieldNames, ...]]:
+        """Key path → the row fields it names (a list: any one of them will do)."""
+        from jinja2 import meta
+
+        derived = set(self.derive)
+        declared: dict[str, tuple[FieldNames, ...]] = {
+            "fields" if self.fields else "template": tuple(
+                f for f in self.required_fields if f not in derived
+            ),
+            "choice_fields": self.choice_fields,
+        }
+        for name, expr in self.derive.items():
+            used = meta.find_undeclared_variables(jinja().parse(expr)) - derived
+            declared[f"derive.{name}"] = tuple(sorted(used))
+        if labelled and self.label is not None:
+            declared["label.field"] = (self.label.field,)
+        if labelled and self.target is not None:
+            declared["target"] = (self.target,)
+        return declared
+
+    def check_fields(self, rows: Sequence[Row], source: str, labelled: bool = True) -> None:
+        """A field the declaration names that no row has is a mistake in the declaration (its
+        key named), not a data error of one row."""
+        present = set().union(*(row.keys() for row in rows)) - {"_line"}
+        for key, names in self.declared_fields(labelled).items():
+            absent = [n for n in names if not any(x in present for x in _alternatives(n))]
+            if absent and rows:
+                raise DataError(
+                    f"task {self.name}: {key} names {absent}, a field no row of {source} has "
+                    f"(its fields: {', '.join(sorted(present))})"
+                )
 
     @cached_property
     def template_fields(self) -> tuple[str, ...]:
@@ -198,13 +239,22 @@ class Task(Strict):
 
     @cached_property
     def _jinja(self) -> dict[str, Any]:
-        from jinja2 import StrictUndefined
-        from jinja2.sandbox import ImmutableSandboxedEnvironment
-
-        env = ImmutableSandboxedEnvironment(undefined=StrictUndefined)
-        compiled = {name: env.from_string(expr) for name, expr in self.derive.items()}
-        compiled["__choice__"] = env.from_string(self.choice_template)
+        compiled = {name: jinja().from_string(expr) for name, expr in self.derive.items()}
+        compiled["__choice__"] = jinja().from_string(self.choice_template)
         return compiled
+
+    def _render(self, key: str, name: str, row: Row, source: str, **values: Any) -> str:
+        """A Jinja template on a row; a name it uses that the row lacks is a DataError naming
+        the template's key, the file and the line."""
+        from jinja2 import UndefinedError
+
+        try:
+            return self._jinja[name].render(**values)
+        except UndefinedError as exc:
+            raise DataError(
+                f"{source}: line {row.get('_line', '?')}: {key}: {exc.message} (the row's "
+                f"fields: {', '.join(sorted(k for k in row if k != '_line'))})"
+            ) from None
 
     @property
     def selection_metric(self) -> str:
@@ -222,20 +272,23 @@ class Task(Strict):
         if (
             not isinstance(answers, list)
             or not answers
-            or not all(isinstance(a, str) for a in answers)
+            or not all(isinstance(a, str) and a.strip() for a in answers)
         ):
             raise DataError(
-                f"{source}: line {line}: target {value!r} is not text or a non-empty list of text"
+                f"{source}: line {line}: target {value!r} is not a non-blank text or a non-empty "
+                "list of non-blank texts"
             )
         return answers
 
-    def choices_for(self, row: Row) -> list[str]:
+    def choices_for(self, row: Row, source: str = "row") -> list[str]:
         if self.type == "generation":  # the one continuation trained on: the first answer
-            return [self.target_template.format(target=self.answers_of(row, "row")[0])]
+            return [self.target_template.format(target=self.answers_of(row, source)[0])]
         if self.choices:
             return list(self.choices)
-        render = self._jinja["__choice__"].render
-        return [render(choice=row[name]) for name in self.choice_fields]
+        return [
+            self._render("choice_template", "__choice__", row, source, choice=row[name])
+            for name in self.choice_fields
+        ]
 
     def context(self, row: Row) -> str:
         return self.template.format(**row)
@@ -264,12 +317,47 @@ class Task(Strict):
             ) from None
         except ValueError as exc:
             raise DataError(f"{source}: line {line}: no usable label ({exc})") from None
-        if not 0 <= index < len(self.choices_for(row)):
+        count = len(self.choices_for(row, source))
+        if not 0 <= index < count:
             raise DataError(
-                f"{source}: line {line}: label {raw!r} is outside the "
-                f"{len(self.choices_for(row))} choices of task {self.name}"
+                f"{source}: line {line}: label {raw!r} is outside the {count} choices of task "
+                f"{self.name}"
             )
         return index
+
+    def renamed(self, row: Row) -> Row:
+        """A row keyed by its file's own column names, keyed as the task names them (the
+        files' ``rename`` maps); fields already named as the task names them stay."""
+        renames = {old: new for f in self.files.values() for old, new in f.rename.items()}
+        out = dict(row)
+        for old, new in renames.items():
+            if old in out and new not in out:
+                out[new] = out.pop(old)
+        return out
+
+    def check_rows(self, rows: Sequence[Row], source: str) -> None:
+        """Unlabelled rows to predict: fields present and usable (DataError: file and line)."""
+        self.check_fields(rows, source, labelled=False)
+        for row in rows:
+            self.normalise(row, source, labelled=False)
+
+    def label_values(self) -> list[str]:
+        """Each choice's label as the data writes it (the first raw value the label map sends
+        to it; the index itself without a map): what predictions report beside the choice."""
+        count = len(self.choices) or len(self.choice_fields)
+        written = {index: raw for raw, index in reversed((self.label.map or {}).items())}
+        return [written.get(i, str(i)) for i in range(count)] if self.label else []
+
+    def as_written(self, row: Row) -> Row:
+        """The row's declared fields, id and label as its file has them: under the file's own
+        column names (the ``rename`` maps undone), no derived fields."""
+        names = [*ID_FIELDS, *self.required_fields, *self.choice_fields]
+        if self.label is not None:
+            names += _alternatives(self.label.field)
+        if self.target is not None:
+            names += _alternatives(self.target)
+        columns = {new: old for f in self.files.values() for old, new in f.rename.items()}
+        return {columns.get(n, n): row[n] for n in dict.fromkeys(names) if n in row}
 
     def gold_of(self, row: Row, label: int) -> float:
         return float(first_present(row, self.gold)) if self.gold else float(label)
@@ -293,33 +381,20 @@ class Task(Strict):
         if empty:
             raise DataError(f"{source}: line {line}: empty choice(s) {empty}")
         row = dict(row)
-        for name, compiled in self._jinja.items():
-            if name != "__choice__":
-                row[name] = compiled.render(**row)
+        for name in self.derive:
+            row[name] = self._render(f"derive.{name}", name, row, source, **row)
         return row
 
 
-def load_local(task: Task, root: Path | None, splits: Sequence[str]) -> dict[str, list[Row]]:
-    if root is not None and not root.is_dir():
-        raise DataError(f"data directory {root} does not exist (task.data_dir / PIPELINE_DATA_DIR)")
-    return {split: task.files[split].read(root) for split in splits}
+def _alternatives(names: FieldNames) -> list[str]:
+    return [names] if isinstance(names, str) else list(names)
 
 
-def load_hub(task: Task, splits: Sequence[str]) -> dict[str, list[Row]]:
-    """The Hugging Face hub fallback for users without a local copy."""
-    import datasets
+@functools.cache
+def jinja() -> Any:
+    """The sandboxed Jinja environment of derived fields and choice templates: a name the row
+    lacks is an error (StrictUndefined), not an empty string."""
+    from jinja2 import StrictUndefined
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
 
-    if task.hub is None:
-        raise DataError(
-            f"task {task.name}: no local data directory set (task.data_dir or PIPELINE_DATA_DIR) "
-            "and the task names no hub dataset"
-        )
-    path, name = task.hub.path, task.hub.name
-    try:
-        loaded = datasets.load_dataset(path, name)
-    except Exception as exc:
-        raise DataError(
-            f"task {task.name}: no local data directory set (task.data_dir or PIPELINE_DATA_DIR) "
-            f"and loading {path}{'/' + name if name else ''} from the hub failed: {exc}"
-        ) from exc
-    return {split: [dict(r, _line=i + 1) for i, r in enumerate(loaded[split])] for split in splits}
+    return ImmutableSandboxedEnvironment(undefined=StrictUndefined)

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .base import Row, Task, load_hub, load_local
+from .base import Row, Task
 from .readers import DataError
+from .sources import load_hub, load_local
 
 SPLIT_SEED = 42
 LARGE_DEV_SIZE = 1000
@@ -72,6 +74,28 @@ def load_task_splits(
             raise DataError(f"task {task.name}: split {split} is empty ({source})")
         out[split] = (rows, source)
     return out
+
+
+CHECKED_ROWS = 20  # rows of each split `pipeline validate` runs through templates and labels
+
+
+def check_task_data(
+    task: Task, data_dir: Path | None, limits: dict[str, int | None]
+) -> dict[str, tuple[int, str]] | None:
+    """What `pipeline validate` checks in the data, in seconds, before any model loads: every
+    split's file is read, the fields the declaration names exist in its rows, and the first
+    rows go through the templates and the label map (a DataError names the file and line).
+    {split: (rows, source)}; None when the data would come from the hub (not read here)."""
+    if data_dir is None and task.hub is not None:
+        return None
+    splits = load_task_splits(task, data_dir, limits)
+    for rows, source in splits.values():
+        task.check_fields(rows, source)
+        for row in rows[:CHECKED_ROWS]:
+            normal = task.normalise(row, source)
+            task.context(normal)
+            task.label_of(normal, source)  # renders the choices too
+    return {split: (len(rows), source) for split, (rows, source) in splits.items()}
 
 
 def rust_backend(tokenizer: Any) -> Any:
@@ -141,6 +165,19 @@ class Encoder:
     def __init__(self, task: Task, tokenizer: Any, max_length: int) -> None:
         self.task, self.tokenizer, self.max_length = task, tokenizer, max_length
         self._choice_cache: dict[str, list[int]] = {}
+
+    def check_choices(self) -> None:
+        """Distinct choice texts the tokenizer cannot tell apart are a mistake: every row
+        would score them the same."""
+        seen: dict[tuple[int, ...], str] = {}
+        for choice in self.task.choices:
+            ids = tuple(self.choice_ids(choice))
+            if ids in seen:
+                raise DataError(
+                    f"task {self.task.name}: choices {seen[ids]!r} and {choice!r} tokenize "
+                    f"identically ({list(ids)}): every row would score them the same"
+                )
+            seen[ids] = choice
 
     def choice_ids(self, text: str) -> list[int]:
         if text not in self._choice_cache:
@@ -263,15 +300,24 @@ class Encoder:
             f"any {field} text ({source}: line {row.get('_line', '?')})"
         )
 
-    def encode(self, rows: list[Row], source: str, labelled: bool = True) -> dict[str, list]:
-        """Token ids per row; ``labelled=False`` (prediction) gives label -1 and gold NaN."""
+    def encode(
+        self, rows: list[Row], source: str, labelled: bool = True, keep_source: bool = False
+    ) -> dict[str, list]:
+        """Token ids per row; ``labelled=False`` (prediction) gives label -1 and gold NaN.
+        ``keep_source``: also each row's line in its file and its fields as written (``line``,
+        ``source``: JSON), so predictions can be joined back to the user's file."""
+        self.task.check_fields(rows, source, labelled)
+        self.check_choices()
+        if keep_source:
+            written = [json.dumps(self.task.as_written(r), ensure_ascii=False) for r in rows]
+            lines = [int(r.get("_line", i + 1)) for i, r in enumerate(rows)]
         rows = [self.task.normalise(r, source, labelled) for r in rows]
         context_texts = [self.task.context(r) for r in rows]
         generation = self.task.type == "generation"
         columns = ("context_ids", "choice_ids", "label", "gold", "truncated")
         out: dict[str, list] = {k: [] for k in (*columns, *(["answers"] if generation else []))}
         choices = [
-            [self.choice_ids(c) for c in self.task.choices_for(r)]
+            [self.choice_ids(c) for c in self.task.choices_for(r, source)]
             if labelled or not generation
             else []  # nothing to train on or score: the model generates
             for r in rows
@@ -302,4 +348,6 @@ class Encoder:
             out["truncated"].append(len(fitted) < len(context_ids))
             if generation:
                 out["answers"].append(self.task.answers_of(row, source) if labelled else [])
+        if keep_source:
+            out.update(line=lines, source=written)
         return out

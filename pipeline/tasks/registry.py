@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 import yaml
 from pydantic import ValidationError
 
+from ..util.strict_yaml import load_yaml
 from .base import Task
 from .readers import DataError
 
@@ -44,7 +46,7 @@ def read_task_file(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise TaskDeclarationError(f"task file {path} does not exist")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        data = load_yaml(path.read_text(encoding="utf-8"))  # a key given twice is an error
     except yaml.YAMLError as exc:
         raise TaskDeclarationError(f"task file {path}: not valid YAML ({exc})") from None
     if not isinstance(data, dict):
@@ -56,9 +58,30 @@ def load_task_file(path: Path) -> Task:
     return parse_task(read_task_file(path), str(path))
 
 
-TASKS: dict[str, Task] = {
-    task.name: task for task in map(load_task_file, sorted(BUILTIN_DIR.glob("*.yaml")))
-}
+class BuiltinTasks(Mapping[str, Task]):
+    """The built-in tasks by name (``builtin/<name>.yaml``), each read when first asked for:
+    checking a config that names one reads that file only."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self._loaded: dict[str, Task] = {}
+
+    def __getitem__(self, name: str) -> Task:
+        if name not in self._loaded:
+            path = self.directory / f"{name}.yaml"
+            if name.startswith(".") or "/" in name or not path.is_file():
+                raise KeyError(name)
+            self._loaded[name] = load_task_file(path)
+        return self._loaded[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(sorted(p.stem for p in self.directory.glob("*.yaml")))
+
+    def __len__(self) -> int:
+        return len(list(self.directory.glob("*.yaml")))
+
+
+TASKS = BuiltinTasks(BUILTIN_DIR)
 
 
 def get_task(name: str) -> Task:

@@ -29,7 +29,7 @@ from collections import deque
 from pathlib import Path
 from typing import Any
 
-from ..core.files import read_json, write_json_atomic, write_text_atomic
+from ..util.files import read_json, write_json_atomic, write_text_atomic
 
 log = logging.getLogger(__name__)
 

@@ -19,7 +19,15 @@ class AdapterModel(PythonModel):
         self.predictor = Predictor(context.artifacts["export_dir"])
 
     def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
-        results = self.predictor.predict(model_input.to_dict(orient="records"))
+        """Predictions; a row the task cannot read (a field null, not text, missing) is an
+        MlflowException naming the field and row: HTTP 400 over REST, without a stack trace."""
+        from mlflow.exceptions import MlflowException
+        from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
+
+        try:
+            results = self.predictor.predict(model_input.to_dict(orient="records"))
+        except ValueError as exc:  # DataError: the input's mistake, said in one line
+            raise MlflowException(str(exc), error_code=INVALID_PARAMETER_VALUE) from None
         return pd.DataFrame(results)
 
 

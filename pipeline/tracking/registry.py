@@ -15,8 +15,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from ..core.files import load_json
 from ..engine.merge import MERGED_DIR  # logged as its own model, never inside the pyfunc
+from ..util.files import load_json
 
 log = logging.getLogger(__name__)
 
@@ -80,8 +80,8 @@ def log_merged(client: Any, run_id: str, merged_dir: Path, artifact_path: str) -
 
 
 def model_signature(fields: list[str], generation: bool = False) -> Any:
-    """Rows of the task's text fields in; label, its index and every label's score out (the
-    generated text for a generative task)."""
+    """Rows of the task's text fields in; the predicted choice, the task's own label value for
+    it, its index and every choice's score out (the generated text for a generative task)."""
     from mlflow.models import ModelSignature
     from mlflow.types.schema import ColSpec, DataType, Map, Schema
 
@@ -93,6 +93,7 @@ def model_signature(fields: list[str], generation: bool = False) -> Any:
     outputs = Schema(
         [
             ColSpec(DataType.string, "label"),
+            ColSpec(DataType.string, "label_value"),
             ColSpec(DataType.long, "label_index"),
             ColSpec(Map(DataType.double), "scores"),
         ]

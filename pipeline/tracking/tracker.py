@@ -28,8 +28,8 @@ from pathlib import Path
 from typing import Any
 
 from ..core.config import PipelineConfig
-from ..core.files import read_json, write_json_atomic
 from ..core.stage import Stage
+from ..util.files import ensure_writable, read_json, write_json_atomic
 from .outbox import Outbox
 from .sqlite_store import StoreError, ensure_sqlite_store
 
@@ -137,7 +137,11 @@ def auth_headers() -> dict[str, str]:
 
 
 def check_reachable(uri: str, timeout: float = 5.0) -> None:
-    """Fail fast (seconds, not a hang mid-training) when an http(s) server does not answer."""
+    """Fail fast (seconds, not a hang mid-training) when an http(s) server does not answer, or
+    a local store (``file:``, ``sqlite:``) cannot be written where the URI puts it."""
+    if local_store_dir(uri) is not None:
+        check_local_store(uri)
+        return
     if not uri.startswith(("http://", "https://")):
         return
     request = urllib.request.Request(f"{uri.rstrip('/')}/health", headers=auth_headers())
@@ -149,6 +153,26 @@ def check_reachable(uri: str, timeout: float = 5.0) -> None:
         raise TrackingError(
             f"MLflow tracking server {uri} is unreachable ({exc}); start it or fix tracking.uri"
         ) from None
+
+
+def check_local_store(uri: str) -> None:
+    """A ``file:`` or ``sqlite:`` store's directory can be made and written (nothing left)."""
+    local = local_store_dir(uri)
+    if local is None:
+        return
+    try:
+        ensure_writable(local, create=False, what="tracking store directory")
+    except PermissionError as exc:
+        raise TrackingError(f"tracking.uri {uri}: {exc}") from None
+
+
+def local_store_dir(uri: str) -> Path | None:
+    """The directory a ``file:`` or ``sqlite:`` URI writes in; None for other URIs."""
+    if uri.startswith("sqlite:///"):
+        return Path(uri.removeprefix("sqlite:///")).parent
+    if uri.startswith("file:"):
+        return Path(urllib.parse.urlparse(uri).path or ".")
+    return None
 
 
 def ensure_sqlite_schema(uri: str) -> None:

@@ -9,7 +9,6 @@ from dataclasses import dataclass, field, replace
 from typing import Any, ClassVar
 
 from ..base import BudgetError, DecomposedConfig, check_dropout
-from ..registry import register_method
 
 
 @dataclass
@@ -50,12 +49,3 @@ def adept_rank(budget_tokens: int, m: int, d: int) -> int:
             "use fewer prompt tokens (m) or a larger budget L"
         )
     return r
-
-
-def _model() -> type:
-    from .model import ADePT
-
-    return ADePT
-
-
-register_method(ADePTConfig, _model, label="ADePT")

@@ -9,7 +9,6 @@ from dataclasses import dataclass, field, replace
 from typing import Any, ClassVar
 
 from ..base import BudgetError, DecomposedConfig
-from ..registry import register_method
 
 DEFAULT_MAX_LENGTH = 256  # s when neither the config nor the caller gives an input length
 
@@ -62,12 +61,3 @@ def dept_rank(budget_tokens: int, m: int, d: int, s: int) -> int:
             "use fewer prompt tokens (m) or a larger budget L"
         )
     return r
-
-
-def _model() -> type:
-    from .model import DePT
-
-    return DePT
-
-
-register_method(DePTConfig, _model, label="DePT")

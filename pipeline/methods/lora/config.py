@@ -10,7 +10,6 @@ from dataclasses import dataclass, field, replace
 from typing import Any, ClassVar
 
 from ..base import DERIVED, BudgetError, MethodConfig, check_dropout, check_rank
-from ..registry import register_method
 
 
 @dataclass
@@ -79,12 +78,3 @@ def lora_params_per_rank(text_config: Any, target_modules: tuple[str, ...]) -> i
 def lora_rank(budget_tokens: int, d: int, params_per_rank: int) -> int:
     """The rank (≥ 1) whose r·params_per_rank is closest to the PT budget L·d."""
     return max(1, round(budget_tokens * d / params_per_rank))
-
-
-def _model() -> type:
-    from .model import LoRA
-
-    return LoRA
-
-
-register_method(LoRAConfig, _model, label="LoRA")

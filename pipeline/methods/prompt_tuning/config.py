@@ -9,7 +9,6 @@ from dataclasses import dataclass, field
 from typing import ClassVar
 
 from ..base import SoftPromptConfig
-from ..registry import register_method
 
 
 @dataclass
@@ -25,12 +24,3 @@ class PromptTuningConfig(SoftPromptConfig):
 def prompt_tuning_params(length: int, d: int) -> int:
     """Vanilla PT: L·d."""
     return length * d
-
-
-def _model() -> type:
-    from .model import PromptTuning
-
-    return PromptTuning
-
-
-register_method(PromptTuningConfig, _model, label="PT")

@@ -91,17 +91,23 @@ def load_json(path: Path) -> Any:
         raise CorruptFileError(f"{path}: corrupt, not valid JSON ({exc})") from None
 
 
-def ensure_writable(directory: Path) -> None:
-    """Create ``directory`` and prove it takes files, or fail naming it (before any work)."""
+def ensure_writable(directory: Path, create: bool = True, what: str = "output directory") -> None:
+    """Prove ``directory`` takes files, or fail naming it (before any work). ``create=False``:
+    leave nothing behind; probe its nearest existing ancestor instead (a check that fails early
+    must not leave an empty run directory)."""
+    target = Path(directory)
+    if not create:
+        while not target.exists() and target.parent != target:
+            target = target.parent
+        if not target.is_dir():
+            raise PermissionError(f"{what} {directory} cannot be made: {target} is not a directory")
     try:
-        directory.mkdir(parents=True, exist_ok=True)
-        probe = directory / f".write-test-{os.getpid()}"
+        target.mkdir(parents=True, exist_ok=True)
+        probe = target / f".write-test-{os.getpid()}"
         probe.write_text("ok")
         probe.unlink()
     except OSError as exc:
-        raise PermissionError(
-            f"output directory {directory} is not writable: {exc.strerror}"
-        ) from None
+        raise PermissionError(f"{what} {directory} is not writable: {exc.strerror}") from None
 
 
 def peak_rss_mib() -> float:
