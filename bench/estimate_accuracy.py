@@ -12,6 +12,7 @@ beside the estimate's total. Run it on an idle machine.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import re
@@ -19,6 +20,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -51,37 +53,91 @@ def parse_estimate(output: str) -> dict[str, float]:
     return {stage: seconds(value) for stage, value in found.items() if value != "cached"}
 
 
+COMMAND = [sys.executable, "-m", "pipeline.cli"]
+
+
+@contextlib.contextmanager
+def private_cache() -> Iterator[dict[str, str]]:
+    """An environment whose cache directory holds the converted models and no earlier probe."""
+    from pipeline.engine.models import cache_dir
+
+    with tempfile.TemporaryDirectory(prefix="probe-cache-") as private:
+        for entry in cache_dir().iterdir():
+            if entry.suffix != ".json" and not entry.name.startswith("."):
+                (Path(private) / entry.name).symlink_to(entry)
+        yield {**os.environ, "PIPELINE_CACHE_DIR": private}
+
+
+def fresh_estimate(config: str, sets: list[str], env: dict[str, str]) -> tuple[dict, str]:
+    """``pipeline validate``'s per-stage estimate (seconds) and resolved dtype."""
+    validate = subprocess.run(
+        [*COMMAND, "validate", config, *sets], cwd=REPO, capture_output=True, text=True, env=env
+    )
+    if validate.returncode != 0:
+        raise SystemExit(f"validate {config} failed\n{validate.stderr[-3000:]}")
+    precision = next(x for x in validate.stdout.splitlines() if x.startswith("model.dtype "))
+    return parse_estimate(validate.stdout), precision.split("→")[-1].strip()
+
+
+def with_estimate(row: dict, estimate: dict[str, float]) -> dict:
+    total = sum(estimate.values())
+    return {
+        **row,
+        "estimate_s": estimate,
+        "estimate_total_s": round(total, 1),
+        "total_ratio": round(total / row["wall_s"], 3),
+    }
+
+
 def measure(name: str, config: str, overrides: list[str], root: Path) -> dict:
     sets = [a for o in [*overrides, f"output_dir={root}"] for a in ("--set", o)]
-    command = [sys.executable, "-m", "pipeline.cli"]
-    validate = subprocess.run(
-        [*command, "validate", config, *sets], cwd=REPO, capture_output=True, text=True
-    )
-    estimate = parse_estimate(validate.stdout)
-    started = time.perf_counter()
-    run = subprocess.run([*command, "run", config, *sets], cwd=REPO, capture_output=True, text=True)
-    wall = time.perf_counter() - started
+    with private_cache() as env:  # `run` reuses the probe `validate` took, as a user's would
+        estimate, dtype = fresh_estimate(config, sets, env)
+        started = time.perf_counter()
+        run = subprocess.run(
+            [*COMMAND, "run", config, *sets], cwd=REPO, capture_output=True, text=True, env=env
+        )
+        wall = time.perf_counter() - started
     if run.returncode != 0:
         raise SystemExit(f"{name}: run failed\n{run.stderr[-3000:]}")
-    run_dir = next(p.parent for p in root.glob("*/export/manifest.json"))
+    run_dir = next(p.parent.parent for p in root.glob("*/export/manifest.json"))
     actual = {
         stage: json.loads((run_dir / stage / "manifest.json").read_text())["seconds"]
         for stage in estimate
     }
-    return {
+    row = {
+        **quality(run_dir),
+        "dtype": dtype,
         "run": name,
         "command": f"pipeline run {config} " + " ".join(f"--set {o}" for o in overrides),
-        "estimate_s": estimate,
         "stage_s": actual,
-        "estimate_total_s": round(sum(estimate.values()), 1),
         "wall_s": round(wall, 1),
-        "total_ratio": round(sum(estimate.values()) / wall, 3),
+    }
+    return with_estimate(row, estimate)
+
+
+def quality(run_dir: Path) -> dict:
+    """What the run scored: test metrics of the adapter and the zero-shot base, the dev curve,
+    and the step whose adapter was kept."""
+    metrics = json.loads((run_dir / "evaluate" / "metrics.json").read_text())
+    history = run_dir / "train" / "history.jsonl"
+    rows = [json.loads(x) for x in history.read_text().splitlines() if x.strip()]
+    summary = json.loads((run_dir / "train" / "train_summary.json").read_text())
+    return {
+        "test": {k: metrics[k] for k in ("adapter", "zero_shot") if k in metrics},
+        "dev_curve": {
+            r["step"]: {k.removeprefix("dev/"): v for k, v in r.items() if k.startswith("dev/")}
+            for r in rows
+            if any(k.startswith("dev/") for k in r)
+        },
+        "best_step": summary["best_step"],
     }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--runs", nargs="*", default=list(RUNS), help="names from RUNS")
+    parser.add_argument("--reestimate", type=Path, help="JSON lines of runs measured before")
     args = parser.parse_args()
     os.environ.setdefault("PIPELINE_DATA_DIR", str(REPO.parent / "shared" / "data"))
     from pipeline.engine.hardware import configure_threads, describe_machine
@@ -89,10 +145,21 @@ def main() -> None:
     configure_threads()
     machine = describe_machine()
     rows = []
+    measured = {}
+    if args.reestimate:
+        lines = args.reestimate.read_text().splitlines()
+        measured = {row["run"]: row for row in map(json.loads, filter(None, lines))}
     for name in args.runs:
         config, overrides = RUNS[name]
         with tempfile.TemporaryDirectory(prefix="estimate-") as tmp:
-            result = {**measure(name, config, overrides, Path(tmp)), "machine": machine}
+            if name in measured:  # the run as measured, the estimate from a probe taken now
+                sets = [a for o in [*overrides, f"output_dir={tmp}"] for a in ("--set", o)]
+                with private_cache() as env:
+                    estimate = fresh_estimate(config, sets, env)[0]
+                result = with_estimate(measured[name], estimate)
+                result["estimate_probed_after_run"] = True
+            else:
+                result = {**measure(name, config, overrides, Path(tmp)), "machine": machine}
         print(json.dumps(result), flush=True)
         rows.append(result)
     print("\n| run | stage | estimate | measured | estimate / measured |\n|---|---|---|---|---|")

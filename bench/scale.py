@@ -38,13 +38,13 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from pipeline.core.config import PipelineConfig  # noqa: E402
-from pipeline.core.ranks import dist_env  # noqa: E402
 from pipeline.engine.backends import DeepSpeedBackend  # noqa: E402
 from pipeline.engine.deepspeed_config import zero3_loading  # noqa: E402
 from pipeline.engine.distributed import init_process_group  # noqa: E402
 from pipeline.engine.hardware import describe_machine  # noqa: E402
 from pipeline.engine.models import load_model  # noqa: E402
 from pipeline.methods import wrap  # noqa: E402
+from pipeline.util.ranks import dist_env  # noqa: E402
 
 DIMS = dict(
     vocab_size=32000,

@@ -2,10 +2,12 @@
 method, with the shared prompt prefix on (the default) and off, in one run.
 
 Each (task, method) is built from the study's own job config (its first learning-rate point:
-steps, batch, max length and method settings as the study ran them) on the real Gemma 3 270M
-(bf16), through the same wrapper and scoring code; real training rows for the step, real test
-rows (--score-batches batches of eval.batch_size) for scoring; ADePT's scoring also with its FFN
-folded into the input table (as ``export.fold`` serves it). Medians of --repeats, round-robin.
+steps, batch, max length and method settings as the study ran them) on the real Gemma 3 270M (in
+the dtype ``model.dtype: auto`` resolves to on this machine), through the same wrapper and scoring
+code; real training rows for the step, real test rows (--score-batches batches of
+eval.batch_size) for scoring; ADePT's scoring also with its FFN folded into the input table (as
+``export.fold`` serves it). Medians of --repeats, round-robin. The JSON line goes to
+reports/bench/study_costs.jsonl (one line per study), which bench/tables.py renders.
 
     OMP_WAIT_POLICY=PASSIVE python bench/study_costs.py configs/studies/gemma3_270m.yaml
 """
@@ -95,6 +97,7 @@ def main() -> None:
         if method.can_fold:  # ADePT as export.fold serves it: the FFN folded into the input table
             steps["test_folded"] = folded(model, steps[f"test_{best}"])
         seconds = interleaved_medians(steps, args.repeats)
+        model.unload()  # LoRA takes its layers out of the shared base (the others change nothing)
         per_batch = {k: v / batches for k, v in seconds.items() if k.startswith("test")}
         cells.append({"task": job.task, "method": job.method, "train": seconds, **per_batch})
         table.append(
@@ -120,7 +123,12 @@ def main() -> None:
         cells.append({"task": task, "method": "zero_shot", "test": per_batch})
         table.append((task, "zero_shot", "—", "—", f"{per_batch:.2f}", f"{per_batch:.2f}", "—"))
     report(
-        {"bench": "study_costs", "study": study.name, "cells": cells},
+        {
+            "bench": "study_costs",
+            "study": study.name,
+            "dtype": str(base.dtype).removeprefix("torch."),
+            "cells": cells,
+        },
         table,
         (
             "task",

@@ -1,0 +1,162 @@
+"""The benchmark tables of docs/benchmarks.md, rendered from the JSON lines the benches printed
+(kept in reports/bench/*.jsonl): a table is never copied by hand.
+
+    python bench/tables.py            # print every table
+    python bench/tables.py --write    # rewrite the marked blocks of docs/benchmarks.md, README.md
+
+A block in a page is ``<!-- table: NAME -->`` … ``<!-- end table -->``; NAME is a renderer below,
+reading its file of reports/bench. tests/test_docs.py checks the pages hold the fresh render.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+from collections.abc import Callable
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+RESULTS = REPO / "reports" / "bench"
+PAGES = (REPO / "docs" / "benchmarks.md", REPO / "docs" / "study.md", REPO / "README.md")
+MAIN_JOB = "main job (SST-2)"
+LABELS = {
+    "prompt_tuning": "PT-100",
+    "dept": "DePT",
+    "adept": "ADePT",
+    "lora": "LoRA",
+    "zero_shot": "zero-shot",
+}
+BLOCK = re.compile(r"(<!-- table: (\S+) -->\n).*?(<!-- end table -->)", re.S)
+
+
+def machine(row: dict) -> str:
+    m = row["machine"]
+    return f"{m['cpu']}, {m['isa']}, {m['cpus']} CPUs, {m['threads']} threads, torch {m['torch']}"
+
+
+def cli_startup(rows: list[dict]) -> list[str]:
+    lines = []
+    for row in rows:
+        lines += [
+            f"Measured on {machine(row)}; median of {row['repeats']} runs each, round-robin:",
+            "",
+            "| command | median s | × baseline |",
+            "|---|---|---|",
+        ]
+        for name, seconds in row["median_seconds"].items():
+            lines.append(f"| `{name}` | {seconds:.3f} | {row['ratio_to_baseline'][name]:.2f} |")
+    return lines
+
+
+def estimate_accuracy(rows: list[dict]) -> list[str]:
+    probe = (
+        "a fresh probe on the idle machine, taken after the measured runs (`--reestimate`)"
+        if any(row.get("estimate_probed_after_run") for row in rows)
+        else "a fresh probe on the idle machine, taken just before each run"
+    )
+    lines = [
+        f"Measured on {machine(rows[0])}, idle; {rows[0]['dtype']}. Estimates: `pipeline validate`"
+        f" with {probe}.",
+        "",
+        "| run | stage | estimate | measured | estimate / measured |",
+        "|---|---|---|---|---|",
+    ]
+    for row in rows:
+        for stage, guess in row["estimate_s"].items():
+            got = row["stage_s"][stage]
+            ratio = f"{guess / got:.2f}" if got >= 5 else "—"
+            lines.append(f"| {row['run']} | {stage} | {guess:.0f} s | {got:.0f} s | {ratio} |")
+        lines.append(
+            f"| {row['run']} | **whole command** | {row['estimate_total_s']:.0f} s | "
+            f"{row['wall_s']:.0f} s | **{row['total_ratio']:.2f}** |"
+        )
+    lines += ["", "Commands:", ""]
+    lines += [f"- {row['run']}: `{row['command'].strip()}`" for row in rows]
+    return lines
+
+
+def study_costs(rows: list[dict]) -> list[str]:
+    """Per study (one JSON line each): train s/step and test s/batch per task × method, the
+    shared prompt prefix on and off (LoRA and zero-shot have no prompt: one path, one column)."""
+
+    def fmt(value: float | None) -> str:
+        return "—" if value is None else f"{value:.2f}"
+
+    lines = []
+    for row in rows:
+        lines += [
+            f"`{row['study']}`, measured on {machine(row)}; {row['dtype']}:",
+            "",
+            "| task | method | train s/step | train s/step, prefix not shared | test s/batch | "
+            "test s/batch, prefix not shared | test s/batch, FFN folded |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for c in row["cells"]:
+            train = c.get("train", {})
+            test = {k.removeprefix("test_"): v for k, v in c.items() if k.startswith("test_")}
+            test = test or {"unshared": c["test"]}  # zero-shot: one path
+            cells = (
+                train.get("train_shared", train.get("train_unshared")),
+                train.get("train_unshared") if "train_shared" in train else None,
+                test.get("shared", test.get("unshared")),
+                test.get("unshared") if "shared" in test else None,
+                test.get("folded"),
+            )
+            method = LABELS.get(c["method"], c["method"])
+            lines.append(f"| {c['task']} | {method} | " + " | ".join(map(fmt, cells)) + " |")
+        lines.append("")
+    return lines[:-1]
+
+
+def main_job(rows: list[dict]) -> list[str]:
+    """The README's first-run table: the main job's scores, dev curve and wall time."""
+    row = next(r for r in rows if r["run"] == MAIN_JOB)
+    test = row["test"]
+    curve = ", ".join(f"{step}: {dev['accuracy']:.3f}" for step, dev in row["dev_curve"].items())
+    minutes, seconds = divmod(round(row["wall_s"]), 60)
+    return [
+        "| what | value |",
+        "|---|---|",
+        f"| test accuracy, adapter (872 rows) | **{test['adapter']['accuracy']:.3f}** |",
+        f"| test accuracy, zero-shot base | {test['zero_shot']['accuracy']:.3f} |",
+        f"| dev accuracy by step (300 rows) | {curve}; kept step {row['best_step']} |",
+        f"| wall time, whole command | {minutes} min {seconds:02d} s |",
+        f"| machine, dtype | {machine(row)}; {row['dtype']} |",
+    ]
+
+
+RENDERERS: dict[str, tuple[str, Callable[[list[dict]], list[str]]]] = {
+    "cli_startup": ("cli_startup", cli_startup),
+    "estimate_accuracy": ("estimate_accuracy", estimate_accuracy),
+    "main_job": ("estimate_accuracy", main_job),
+    "study_costs": ("study_costs", study_costs),
+}
+
+
+def render(name: str) -> str:
+    source, renderer = RENDERERS[name]
+    rows = [json.loads(x) for x in (RESULTS / f"{source}.jsonl").read_text().splitlines() if x]
+    return "\n".join(renderer(rows)) + "\n"
+
+
+def rendered_page(text: str) -> str:
+    """``text`` with every marked block replaced by a fresh render of its results."""
+    return BLOCK.sub(lambda m: m.group(1) + render(m.group(2)) + m.group(3), text)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--write", action="store_true", help="rewrite the pages' marked blocks")
+    args = parser.parse_args()
+    if args.write:
+        for page in PAGES:
+            page.write_text(rendered_page(page.read_text()))
+        return
+    for name, (source, _) in RENDERERS.items():
+        if (RESULTS / f"{source}.jsonl").is_file():
+            print(f"## {name}\n\n{render(name)}")
+
+
+if __name__ == "__main__":
+    main()
