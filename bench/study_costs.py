@@ -7,7 +7,7 @@ the dtype ``model.dtype: auto`` resolves to on this machine), through the same w
 code; real training rows for the step, real test rows (--score-batches batches of
 eval.batch_size) for scoring; ADePT's scoring also with its FFN folded into the input table (as
 ``export.fold`` serves it). Medians of --repeats, round-robin. The JSON line goes to
-reports/bench/study_costs.jsonl (one line per study), which bench/tables.py renders.
+reports/bench/study_costs.json (a list, one entry per study), which bench/tables.py renders.
 
     OMP_WAIT_POLICY=PASSIVE python bench/study_costs.py configs/studies/gemma3_270m.yaml
 """

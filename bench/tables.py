@@ -1,5 +1,5 @@
 """The benchmark tables of docs/benchmarks.md, rendered from the JSON lines the benches printed
-(kept in reports/bench/*.jsonl): a table is never copied by hand.
+(kept as a JSON list per bench in reports/bench/NAME.json): a table is never copied by hand.
 
     python bench/tables.py            # print every table
     python bench/tables.py --write    # rewrite the marked blocks of docs/benchmarks.md, README.md
@@ -136,7 +136,7 @@ RENDERERS: dict[str, tuple[str, Callable[[list[dict]], list[str]]]] = {
 
 def render(name: str) -> str:
     source, renderer = RENDERERS[name]
-    rows = [json.loads(x) for x in (RESULTS / f"{source}.jsonl").read_text().splitlines() if x]
+    rows = json.loads((RESULTS / f"{source}.json").read_text())
     return "\n".join(renderer(rows)) + "\n"
 
 
@@ -154,7 +154,7 @@ def main() -> None:
             page.write_text(rendered_page(page.read_text()))
         return
     for name, (source, _) in RENDERERS.items():
-        if (RESULTS / f"{source}.jsonl").is_file():
+        if (RESULTS / f"{source}.json").is_file():
             print(f"## {name}\n\n{render(name)}")
 
 

@@ -60,7 +60,7 @@ def test_no_page_is_left_with_a_placeholder() -> None:
 
 def test_benchmark_tables_are_rendered_from_their_json_lines() -> None:
     """Each marked table of docs/benchmarks.md and the README is what bench/tables.py renders
-    from the JSON lines the bench printed (reports/bench/*.jsonl), not a hand copy."""
+    from the JSON the bench printed (reports/bench/*.json), not a hand copy."""
     import importlib.util
 
     spec = importlib.util.spec_from_file_location("tables", REPO / "bench" / "tables.py")
