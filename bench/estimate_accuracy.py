@@ -23,6 +23,8 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import tables
+
 REPO = Path(__file__).resolve().parents[1]
 RUNS = {
     "main job (SST-2)": ("configs/gemma3_270m_sst2.yaml", []),
@@ -162,16 +164,7 @@ def main() -> None:
                 result = {**measure(name, config, overrides, Path(tmp)), "machine": machine}
         print(json.dumps(result), flush=True)
         rows.append(result)
-    print("\n| run | stage | estimate | measured | estimate / measured |\n|---|---|---|---|---|")
-    for r in rows:
-        for stage, guess in r["estimate_s"].items():
-            got = r["stage_s"][stage]
-            ratio = f"{guess / got:.2f}" if got >= 5 else "—"
-            print(f"| {r['run']} | {stage} | {guess:.0f} s | {got:.0f} s | {ratio} |")
-        print(
-            f"| {r['run']} | **whole command** | {r['estimate_total_s']:.0f} s | "
-            f"{r['wall_s']:.0f} s | **{r['total_ratio']:.2f}** |"
-        )
+    print("\n" + "\n".join(tables.estimate_accuracy(rows)))
 
 
 if __name__ == "__main__":
