@@ -17,10 +17,11 @@ import tempfile
 from pathlib import Path
 
 import datasets
+import numpy as np
 from common import DATA_DIR, report
 
 from pipeline.core.config import load_config
-from pipeline.engine.batches import pad_fraction
+from pipeline.engine.batches import SHARD_INDICES, SHARDS, pad_fraction
 from pipeline.runner import Runner
 from stages.shard import training_lengths
 
@@ -28,9 +29,10 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def shard_pad_fraction(run_dir: Path) -> float:
-    shards = json.loads((run_dir / "shard" / "shards.json").read_text())
+    meta = json.loads((run_dir / "shard" / SHARDS).read_text())
+    shards = np.load(run_dir / "shard" / SHARD_INDICES)
     train = datasets.load_from_disk(str(run_dir / "tokenize" / "train"))
-    return pad_fraction(shards["shards"], training_lengths(train), shards["batch_size"])
+    return pad_fraction(shards, training_lengths(train), meta["batch_size"])
 
 
 def train_once(root: Path, grouped: bool, steps: int) -> dict[str, float]:

@@ -18,7 +18,12 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "reports" / "bench"
-PAGES = (REPO / "docs" / "benchmarks.md", REPO / "docs" / "study.md", REPO / "README.md")
+PAGES = (
+    REPO / "docs" / "benchmarks.md",
+    REPO / "docs" / "study.md",
+    REPO / "docs" / "tasks.md",
+    REPO / "README.md",
+)
 MAIN_JOB = "main job (SST-2)"
 LABELS = {
     "prompt_tuning": "PT-100",
@@ -109,6 +114,45 @@ def study_costs(rows: list[dict]) -> list[str]:
     return lines[:-1]
 
 
+def tokenize_scale(rows: list[dict]) -> list[str]:
+    """Rows/s, × the raw tokenizer, × one process, peak memory and output size per run; then the
+    whole run through shard and a few train steps."""
+    lines = []
+    for row in rows:
+        lines += [
+            f"Measured on {machine(row)}, idle (`python bench/tokenize_scale.py`). Rows/s: all"
+            " three splits over the stage's own seconds, tokenizer loading included; raw: "
+            "`tokenizer(texts)` in batches of 4,096 on one thread; memory: peak PSS of the whole "
+            "process tree (pages the forked workers share counted once), sampled every 0.2 s.",
+            "",
+            "| shape | rows | num_proc | rows/s | × raw tokenizer | × num_proc 1 | peak memory | "
+            "input → output |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
+        single = {
+            (r["shape"], r["rows"]): r["rows_per_second"] for r in row["runs"] if r["num_proc"] == 1
+        }
+        for r in row["runs"]:
+            one = single.get((r["shape"], r["rows"]))
+            speedup = f"{r['rows_per_second'] / one:.2f}" if one else "-"
+            lines.append(
+                f"| {r['shape']} | {r['rows']:,} | {r['num_proc']} | {r['rows_per_second']:,} | "
+                f"{r['rows_per_second'] / r['raw_tokenizer_rows_per_second']:.2f} | {speedup} | "
+                f"{r['tree_pss_mib']:,} MiB | {r['input_mib']:,} → {r['output_mib']:,} MiB |"
+            )
+        whole = row.get("whole_run")
+        if whole:
+            lines += [
+                "",
+                f"The whole `pipeline run --stages {whole['stages']}` of the {whole['rows']:,}-row"
+                f" {whole['shape']} task ({whole['train_steps']} train steps, Gemma 3 270M loaded):"
+                f" peak memory {whole['tree_pss_mib']:,} MiB (PSS; the main process's RSS "
+                f"{whole['main_rss_mib']:,} MiB), shard output {whole['shard_output_kib']:,} KiB "
+                f"in {whole['shard_seconds']:.1f} s, {whole['wall_seconds']:.0f} s in all.",
+            ]
+    return lines
+
+
 def main_job(rows: list[dict]) -> list[str]:
     """The README's first-run table: the main job's scores, dev curve and wall time."""
     row = next(r for r in rows if r["run"] == MAIN_JOB)
@@ -131,6 +175,7 @@ RENDERERS: dict[str, tuple[str, Callable[[list[dict]], list[str]]]] = {
     "estimate_accuracy": ("estimate_accuracy", estimate_accuracy),
     "main_job": ("estimate_accuracy", main_job),
     "study_costs": ("study_costs", study_costs),
+    "tokenize_scale": ("tokenize_scale", tokenize_scale),
 }
 
 

@@ -74,7 +74,7 @@ def check_data(config: PipelineConfig) -> list[str]:
     splits = check_task_data(t.definition(), config.data_dir(), limits)
     if splits is None:
         return ["not read: no data directory (the hub is read when tokenize runs)"]
-    from .tasks.data import CHECKED_ROWS
+    from .tasks.splits import CHECKED_ROWS
 
     lines = [f"{split:<5} {rows:>9,} rows  {source}" for split, (rows, source) in splits.items()]
     return [*lines, f"fields present; the first {CHECKED_ROWS} rows of each split render"]

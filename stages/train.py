@@ -36,7 +36,7 @@ from tqdm.auto import tqdm
 
 from pipeline.core.stage import RunContext, Stage
 from pipeline.engine.backends import build_backend, load_training_base
-from pipeline.engine.batches import BatchStream
+from pipeline.engine.batches import BatchStream, TrainingRows, read_shard
 from pipeline.engine.checkpoint import Checkpointer
 from pipeline.engine.distributed import any_rank, init_process_group
 from pipeline.engine.evaluation import evaluate_split
@@ -70,8 +70,7 @@ class Trainer:
     backend: Any
     tokenizer: Any
     pad_id: int
-    contexts: list
-    answers: list
+    rows: TrainingRows
     dev: Any
     stream: BatchStream
     checkpointer: Checkpointer
@@ -124,13 +123,7 @@ def setup(ctx: RunContext) -> Trainer:
         socket.gethostname(),
     )
     data_dir = ctx.input_dir("tokenize")
-    rows = datasets.load_from_disk(str(data_dir / "train"))
-    contexts, choices, labels = (rows[c] for c in ("context_ids", "choice_ids", "label"))
-    shards = json.loads((ctx.input_dir("shard") / "shards.json").read_text())
-    if shards["world_size"] != world:
-        raise ValueError(
-            f"shard/shards.json was made for {shards['world_size']} ranks, this launch has {world}"
-        )
+    shard = read_shard(ctx.input_dir("shard"), rank, world)
     scratch = ctx.scratch_dir()
     return Trainer(
         ctx=ctx,
@@ -141,10 +134,9 @@ def setup(ctx: RunContext) -> Trainer:
         backend=backend,
         tokenizer=tokenizer,
         pad_id=tokenizer.pad_token_id,
-        contexts=contexts,
-        answers=[choices[i][labels[i]] for i in range(len(labels))],
+        rows=TrainingRows(datasets.load_from_disk(str(data_dir / "train"))),
         dev=datasets.load_from_disk(str(data_dir / "dev")),
-        stream=BatchStream(shards["shards"][rank], cfg.train.batch_size, cfg.train.seed),
+        stream=BatchStream(shard, cfg.train.batch_size, cfg.train.seed),
         checkpointer=Checkpointer(scratch, ctx.stage_key),
         scratch=scratch,
     )
@@ -181,9 +173,7 @@ def resume(t: Trainer) -> Progress:
 def next_micro_batches(t: Trainer) -> list[dict[str, torch.Tensor]]:
     micro = []
     for _ in range(t.ctx.config.train.grad_accum):
-        ids = next(t.stream)
-        contexts, answers = [t.contexts[i] for i in ids], [t.answers[i] for i in ids]
-        micro.append(training_batch(contexts, answers, t.pad_id))
+        micro.append(training_batch(*t.rows.batch(next(t.stream)), t.pad_id))
     return micro
 
 

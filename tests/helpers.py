@@ -4,6 +4,7 @@ wrappers, run configs, subprocess runs of the CLI, a real `mlflow server`."""
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import signal
@@ -15,6 +16,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import torch
 import yaml
@@ -418,3 +420,16 @@ def scripted_proxy(target: str, script: dict[str, list[tuple[int, str]]]) -> Ite
     finally:
         server.shutdown()
         server.server_close()
+
+
+def split_digest(path: Path) -> dict[str, Any]:
+    """Rows and a sha256 of a saved split's features and every column's values (independent of
+    how its Arrow files are chunked)."""
+    import datasets
+
+    data = datasets.load_from_disk(str(path))
+    digest = hashlib.sha256(json.dumps(data.features.to_dict(), sort_keys=True).encode())
+    for name in data.column_names:
+        digest.update(name.encode())
+        digest.update(json.dumps(data.data.column(name).to_pylist()).encode())
+    return {"rows": len(data), "sha256": digest.hexdigest()}

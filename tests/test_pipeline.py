@@ -16,6 +16,7 @@ import yaml
 from pipeline.cli import main
 from pipeline.core.config import load_config
 from pipeline.core.stage import read_manifest
+from pipeline.engine.batches import read_shard
 from pipeline.runner import BY_NAME, Runner
 from pipeline.util.files import checksum_tree
 from tests.helpers import (
@@ -55,8 +56,7 @@ def test_all_stages_write_outputs_and_manifests(finished_run) -> None:
         assert (run / "tokenize" / split / "dataset_info.json").is_file()
     stats = json.loads((run / "tokenize" / "stats.json").read_text())
     assert (stats["train"]["rows"], stats["dev"]["rows"], stats["test"]["rows"]) == (32, 12, 12)
-    shards = json.loads((run / "shard" / "shards.json").read_text())
-    assert sorted(shards["shards"][0]) == list(range(32))
+    assert sorted(read_shard(run / "shard", 0, 1).tolist()) == list(range(32))
     history = [json.loads(x) for x in (run / "train" / "history.jsonl").read_text().splitlines()]
     assert [h["step"] for h in history] == [1, 2, 3, 4]
     assert all("train/loss" in h and "train/lr_prompt" in h for h in history)
@@ -116,10 +116,11 @@ def test_stage_version_reruns_outputs_of_older_code(finished_run) -> None:
     raised = dataclasses.replace(tokenize, version=4)
     assert runner.stage_key(raised)[0] != runner.stage_key(tokenize)[0]
     assert not runner.is_cached(raised)
-    shard = BY_NAME["shard"]
-    assert shard.version == 1 and runner.is_cached(shard)
-    key, inputs = runner.stage_key(shard)
-    unversioned = {"stage": "shard", "config": shard.key_inputs(runner.config), "inputs": inputs}
+    evaluate = BY_NAME["evaluate"]
+    assert evaluate.version == 1 and runner.is_cached(evaluate)
+    key, inputs = runner.stage_key(evaluate)
+    config_values = evaluate.key_inputs(runner.config)
+    unversioned = {"stage": "evaluate", "config": config_values, "inputs": inputs}
     blob = json.dumps(unversioned, sort_keys=True).encode()
     assert key == hashlib.sha256(blob).hexdigest()[:16]
 

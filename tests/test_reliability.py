@@ -14,6 +14,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 import yaml
 
@@ -369,15 +370,22 @@ def test_kill_9_during_train_then_resume_matches(tmp_path, tiny_model_dir) -> No
     assert tracked_losses(run_dir) == list(enumerate(losses(ref_dir), start=1))
 
 
-@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT], ids=["kill-9", "ctrl-c"])
-def test_a_tokenize_killed_midway_is_redone_to_the_same_bytes(tmp_path, tiny_model_dir, sig):
-    """kill -9 or Ctrl-C while 66k SST-2 rows tokenize: never taken as complete; the re-run
-    writes exactly what a fresh tokenize writes (the same checksums)."""
+@pytest.mark.parametrize(
+    "sig,num_proc",
+    [(signal.SIGKILL, 1), (signal.SIGINT, 1), (signal.SIGINT, 2), (signal.SIGTERM, 2)],
+    ids=["kill-9", "ctrl-c", "ctrl-c-2-workers", "sigterm-2-workers"],
+)
+def test_a_tokenize_killed_midway_is_redone_to_the_same_bytes(
+    tmp_path, tiny_model_dir, sig, num_proc
+):
+    """kill -9, Ctrl-C or SIGTERM (to the whole process group, as a terminal or Slurm sends
+    it) while 66k SST-2 rows tokenize, on one process or two workers: never taken as complete,
+    no worker left running; the re-run writes exactly what a fresh tokenize writes."""
     config = write_config(
         tmp_path,
         tiny_model_dir,
         tracking={"uri": None},
-        task={"name": "sst2", "train_limit": None, "max_length": 64},
+        task={"name": "sst2", "train_limit": None, "max_length": 64, "num_proc": num_proc},
     )
     run_dir = tmp_path / "runs" / "tiny"
     proc = start_pipeline("run", str(config), "--stages", "tokenize", "--no-probe")
@@ -385,8 +393,14 @@ def test_a_tokenize_killed_midway_is_redone_to_the_same_bytes(tmp_path, tiny_mod
     while not (run_dir / ".tokenize.partial").exists() and time.monotonic() < deadline:
         time.sleep(0.05)
     time.sleep(0.3)  # the stage has begun: reading and tokenizing 66k SST-2 rows
+    workers = psutil.Process(proc.pid).children(recursive=True)
+    while num_proc > 1 and len(workers) < num_proc and time.monotonic() < deadline:
+        time.sleep(0.05)  # the workers start once the rows are counted and the plan made
+        workers = psutil.Process(proc.pid).children(recursive=True)
+    assert len(workers) == (num_proc if num_proc > 1 else 0)
     os.killpg(proc.pid, sig)
-    assert proc.wait(timeout=60) == (3 if sig == signal.SIGINT else -signal.SIGKILL)
+    assert proc.wait(timeout=60) == (-signal.SIGKILL if sig == signal.SIGKILL else 3)
+    assert not any(w.is_running() and w.status() != psutil.STATUS_ZOMBIE for w in workers)
     assert not (run_dir / "tokenize").exists()
     assert main(["run", str(config), "--stages", "tokenize"]) == 0
     assert read_manifest(run_dir / "tokenize") and not (run_dir / ".tokenize.partial").exists()

@@ -31,6 +31,12 @@ class TaskSection(Section):
         "(without one: at the working directory).",
     )
     max_length: int = Field(256, gt=0, description="Max input tokens (context + answer).")
+    num_proc: int | None = Field(
+        None,
+        gt=0,
+        description="Processes that tokenize (default: the cores this process owns, or "
+        "OMP_NUM_THREADS); the output is the same for any number.",
+    )
     train_limit: int | None = Field(None, gt=0)
     dev_limit: int | None = Field(None, gt=0)
     test_limit: int | None = Field(None, gt=0)
@@ -51,9 +57,9 @@ class TaskSection(Section):
 
     @model_serializer(mode="wrap")
     def _without_unset_declaration(self, handler) -> dict[str, Any]:
-        """A built-in task dumps (and hashes) as before declarations existed."""
+        """A built-in task dumps (and hashes) as before declarations and num_proc existed."""
         data = handler(self)
-        for key in ("file", "spec"):
+        for key in ("file", "spec", "num_proc"):
             if data.get(key) is None:
                 data.pop(key, None)
         return data

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 
+SHARDS, SHARD_INDICES = "shards.json", "shards.npy"  # the shard stage's outputs
 GROUP_BATCHES = 50
 """Global batches per length-sorted mega-batch (``group_by_length`` in transformers uses 50)."""
 
@@ -25,8 +29,9 @@ def interleaved_shards(
     world_size: int,
     seed: int,
     lengths: Sequence[int] | None = None,
-) -> list[list[int]]:
-    """Per-rank row indices such that the k-th batch of every rank together form one global
+) -> np.ndarray:
+    """Per-rank row indices (one row of the array per rank) such that the k-th batch of every
+    rank together form one global
     batch: the same rows a single process with batch ``batch_size × world_size`` would see.
 
     ``lengths`` (one per row): group global batches by length (:func:`length_grouped`); the
@@ -38,10 +43,9 @@ def interleaved_shards(
     if lengths is not None:
         order = length_grouped(order, lengths, GROUP_BATCHES * global_batch)
     order = order.reshape(-1, global_batch)
-    return [
-        order[:, r * batch_size : (r + 1) * batch_size].reshape(-1).tolist()
-        for r in range(world_size)
-    ]
+    return np.stack(
+        [order[:, r * batch_size : (r + 1) * batch_size].reshape(-1) for r in range(world_size)]
+    )
 
 
 def pad_fraction(shards: Sequence[Sequence[int]], lengths: Sequence[int], batch_size: int) -> float:
@@ -54,6 +58,34 @@ def pad_fraction(shards: Sequence[Sequence[int]], lengths: Sequence[int], batch_
             rows = lengths[list(shard[start : start + batch_size])]
             padded, real = padded + int(rows.max()) * len(rows), real + int(rows.sum())
     return 1 - real / padded
+
+
+def read_shard(shard_dir: Path, rank: int, world: int) -> np.ndarray:
+    """This rank's row indices from the shard stage's output (memory-mapped), checked against
+    the launch's world size."""
+    meta = json.loads((shard_dir / SHARDS).read_text())
+    if meta["world_size"] != world:
+        raise ValueError(
+            f"shard/{SHARDS} was made for {meta['world_size']} ranks, this launch has {world}"
+        )
+    return np.load(shard_dir / SHARD_INDICES, mmap_mode="r")[rank]
+
+
+class TrainingRows:
+    """The tokenized training split, read a batch at a time from its memory-mapped Arrow
+    files (never whole into Python): each row's context ids and its gold answer's ids."""
+
+    def __init__(self, dataset: Any) -> None:
+        self.rows = dataset.select_columns(["context_ids", "choice_ids", "label"])
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def batch(self, indices: Sequence[int]) -> tuple[list[list[int]], list[list[int]]]:
+        """(contexts, answers) of the rows at ``indices``, in that order."""
+        picked = self.rows[list(indices)]
+        answers = [c[label] for c, label in zip(picked["choice_ids"], picked["label"], strict=True)]
+        return picked["context_ids"], answers
 
 
 class BatchStream:
@@ -70,6 +102,7 @@ class BatchStream:
         self.blocks = np.asarray(indices[:usable]).reshape(-1, batch_size)
         self.seed = seed
         self.epoch, self.block = 0, 0
+        self._order: tuple[int, np.ndarray] | None = None  # (epoch, its block order)
 
     @property
     def position(self) -> tuple[int, int]:
@@ -84,7 +117,9 @@ class BatchStream:
     def __next__(self) -> list[int]:
         if self.block >= len(self.blocks):
             self.epoch, self.block = self.epoch + 1, 0
-        order = np.random.default_rng(self.seed + self.epoch).permutation(len(self.blocks))
-        batch = self.blocks[order[self.block]].tolist()
+        if self._order is None or self._order[0] != self.epoch:
+            order = np.random.default_rng(self.seed + self.epoch).permutation(len(self.blocks))
+            self._order = (self.epoch, order)
+        batch = self.blocks[self._order[1][self.block]].tolist()
         self.block += 1
         return batch

@@ -28,7 +28,9 @@ from typing import Any
 
 from ..core.config import PipelineConfig
 from ..methods import ZeroShot, wrap
-from ..tasks import Encoder, load_task_splits
+from ..tasks import Encoder, load_task_splits, plan_splits
+from ..tasks.parallel import process_count
+from ..tasks.splits import CHUNK_ROWS
 from ..util.files import write_json_atomic
 from .evaluation import evaluate_split
 from .hardware import describe_machine
@@ -82,18 +84,20 @@ def sample_data(config: PipelineConfig, tokenizer: Any, tokenized: Path | None) 
     task = config.task.definition()
     t = config.task
     started = time.perf_counter()
-    splits = load_task_splits(
+    plan = plan_splits(
         task, config.data_dir(), {"train": t.train_limit, "dev": t.dev_limit, "test": t.test_limit}
     )
+    rows = plan.sizes
+    picked = {split: rng.sample(range(n), min(SAMPLE_ROWS, n)) for split, n in rows.items()}
+    sampled = load_task_splits(plan.subset(picked))
     reading = time.perf_counter() - started
     encoder = Encoder(task, tokenizer, t.max_length)
-    encoded, rows, encoding = {}, {}, 0.0
-    for split, (split_rows, source) in splits.items():
-        rows[split] = len(split_rows)
-        picked = rng.sample(split_rows, min(SAMPLE_ROWS, len(split_rows)))
+    encoded, encoding = {}, 0.0
+    for split, (split_rows, source) in sampled.items():
         started = time.perf_counter()
-        encoded[split] = encoder.encode(picked, source)
-        encoding += (time.perf_counter() - started) / len(picked) * len(split_rows)
+        encoded[split] = encoder.encode(split_rows, source)
+        encoding += (time.perf_counter() - started) / len(split_rows) * rows[split]
+    encoding /= process_count(t.num_proc, sum(rows.values()), CHUNK_ROWS)
     return DataSample(rows, encoded, reading + encoding)
 
 

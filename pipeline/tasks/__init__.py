@@ -1,7 +1,7 @@
 """Tasks declared as data: templates, choices, labels, metrics, split protocol, file readers."""
 
 from .base import Task
-from .data import Encoder, check_task_data, load_task_splits, protocol_splits
+from .data import Encoder
 from .metrics import METRICS
 from .readers import DataError
 from .registry import (
@@ -13,6 +13,7 @@ from .registry import (
     read_task_file,
 )
 from .sources import DataFile
+from .splits import SplitPlan, check_task_data, load_task_splits, plan_splits
 
 __all__ = [
     "METRICS",
@@ -20,6 +21,7 @@ __all__ = [
     "DataError",
     "DataFile",
     "Encoder",
+    "SplitPlan",
     "Task",
     "TaskDeclarationError",
     "check_task_data",
@@ -27,6 +29,6 @@ __all__ = [
     "load_task_file",
     "load_task_splits",
     "parse_task",
-    "protocol_splits",
+    "plan_splits",
     "read_task_file",
 ]

@@ -1,101 +1,18 @@
-"""Splits (the DePT/ADePT protocol) and tokenisation into context + choice token ids."""
+"""Tokenisation of task rows into context + choice token ids."""
 
 from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from .base import Row, Task
 from .readers import DataError
-from .sources import load_hub, load_local
 
-SPLIT_SEED = 42
-LARGE_DEV_SIZE = 1000
 # A context longer than this many characters per token of its budget is tokenized with character
 # offsets in the first pass, since it will likely be cut (English text runs ~4 characters per
 # token); a row cut without them is tokenized a second time.
 LIKELY_CUT_CHARS_PER_TOKEN = 2.5
-
-
-def protocol_splits(task: Task, raw: dict[str, list[Row]], seed: int = SPLIT_SEED):
-    """Small tasks: validation shuffled (seed 42) and halved → dev, test. Large tasks: 1,000
-    shuffled training rows are held out as dev; the official validation set is the test set.
-    Explicit: the task's own train/dev/test files."""
-    if task.protocol == "explicit":
-        return dict(raw)
-    import numpy as np  # here: checking a config needs no numpy
-
-    train, validation = raw["train"], raw["validation"]
-    rng = np.random.default_rng(seed)
-    if task.protocol == "small":
-        order = rng.permutation(len(validation))
-        half = len(validation) // 2
-        return {
-            "train": train,
-            "dev": [validation[i] for i in order[:half]],
-            "test": [validation[i] for i in order[half:]],
-        }
-    order = rng.permutation(len(train))
-    return {
-        "train": [train[i] for i in order[LARGE_DEV_SIZE:]],
-        "dev": [train[i] for i in order[:LARGE_DEV_SIZE]],
-        "test": validation,
-    }
-
-
-def split_source(task: Task, split: str) -> str:
-    """Which of the task's files a protocol split comes from."""
-    if task.protocol == "explicit" or split == "train":
-        return split
-    return "train" if task.protocol == "large" and split == "dev" else "validation"
-
-
-def load_task_splits(
-    task: Task, data_dir: Path | None, limits: dict[str, int | None]
-) -> dict[str, tuple[list[Row], str]]:
-    """{split: (rows, source description)} after the protocol split and the row limits. Without
-    a data directory, a task with a hub dataset is read from the hub; else its file paths are
-    taken as they are (absolute, or relative to the working directory)."""
-    files = list(task.files)
-    local = data_dir is not None or task.hub is None
-    raw = load_local(task, data_dir, files) if local else load_hub(task, files)
-    sources = {
-        split: str(task.files[split].location(data_dir)) if local else f"hub:{task.hub.path}"
-        for split in files
-    }
-    out = {}
-    for split, rows in protocol_splits(task, raw).items():
-        limit = limits.get(split)
-        rows = rows[:limit] if limit else rows
-        source = sources[split_source(task, split)]
-        if not rows:
-            raise DataError(f"task {task.name}: split {split} is empty ({source})")
-        out[split] = (rows, source)
-    return out
-
-
-CHECKED_ROWS = 20  # rows of each split `pipeline validate` runs through templates and labels
-
-
-def check_task_data(
-    task: Task, data_dir: Path | None, limits: dict[str, int | None]
-) -> dict[str, tuple[int, str]] | None:
-    """What `pipeline validate` checks in the data, in seconds, before any model loads: every
-    split's file is read, the fields the declaration names exist in its rows, and the first
-    rows go through the templates and the label map (a DataError names the file and line).
-    {split: (rows, source)}; None when the data would come from the hub (not read here)."""
-    if data_dir is None and task.hub is not None:
-        return None
-    splits = load_task_splits(task, data_dir, limits)
-    for rows, source in splits.values():
-        task.check_fields(rows, source)
-        for row in rows[:CHECKED_ROWS]:
-            normal = task.normalise(row, source)
-            task.context(normal)
-            task.label_of(normal, source)  # renders the choices too
-    return {split: (len(rows), source) for split, (rows, source) in splits.items()}
 
 
 def rust_backend(tokenizer: Any) -> Any:

@@ -1,41 +1,55 @@
 """Readers for task data files: JSONL, CSV/TSV (with or without header or BOM), Parquet.
 
-Errors name the file and the 1-based line number of the bad row (Parquet: the row number).
+Every reader streams: rows come one at a time (``iter_rows``), so memory does not grow with the
+file; ``read_rows`` is their list. Errors name the file and the 1-based line number of the bad
+row (CSV/TSV: the record number; Parquet: the row number).
 """
 
 from __future__ import annotations
 
 import csv
-import io
 import json
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
+
+Row = dict[str, Any]
+PARQUET_BATCH_ROWS = 8192
 
 
 class DataError(ValueError):
     """Bad or missing data; the message names the file and row."""
 
 
-def read_utf8(path: Path) -> str:
-    """The file's text (a UTF-8 BOM dropped); another encoding is an error naming the line."""
+def _require_file(path: Path) -> None:
     if not path.is_file():
         raise DataError(f"data file {path} does not exist")
-    data = path.read_bytes()
-    try:
-        return data.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        line = data[: exc.start].count(b"\n") + 1
-        raise DataError(
-            f"{path}: line {line}: not UTF-8 text (byte {data[exc.start : exc.start + 1]!r}); "
-            "re-encode the file as UTF-8"
-        ) from None
 
 
-def read_jsonl(path: Path) -> list[dict[str, Any]]:
-    rows = []
-    for line_no, line in enumerate(read_utf8(path).split("\n"), start=1):
+def iter_lines(path: Path) -> Iterator[tuple[int, str]]:
+    """(1-based line number, text) of every line, ``\\n`` kept, a UTF-8 BOM dropped; another
+    encoding is an error naming the line."""
+    _require_file(path)
+    with path.open("rb") as f:
+        for line_no, raw in enumerate(f, start=1):
+            try:
+                yield line_no, raw.decode("utf-8-sig" if line_no == 1 else "utf-8")
+            except UnicodeDecodeError as exc:
+                raise DataError(
+                    f"{path}: line {line_no}: not UTF-8 text (byte "
+                    f"{raw[exc.start : exc.start + 1]!r}); re-encode the file as UTF-8"
+                ) from None
+
+
+def iter_jsonl(path: Path, wanted: Sequence[bool] | None = None) -> Iterator[Row]:
+    """JSON objects, one per non-blank line. ``wanted`` (one flag per row): rows not wanted are
+    skipped unparsed (they still count)."""
+    index = 0
+    for line_no, line in iter_lines(path):
         if not line.strip():
+            continue
+        index += 1
+        if wanted is not None and not wanted[index - 1]:
             continue
         try:
             row = json.loads(line)
@@ -44,23 +58,22 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
         if not isinstance(row, dict):
             raise DataError(f"{path}: line {line_no}: expected a JSON object")
         row["_line"] = line_no
-        rows.append(row)
-    return rows
+        yield row
 
 
-def read_tsv(path: Path, columns: Sequence[str] | None = None) -> list[dict[str, Any]]:
-    """TSV rows as dicts. ``columns`` for header-less files (CoLA); a UTF-8 BOM is ignored."""
-    return read_delimited(path, columns, delimiter="\t")
-
-
-def read_delimited(
-    path: Path, columns: Sequence[str] | None = None, delimiter: str = ","
-) -> list[dict[str, Any]]:
-    """CSV (quoted fields) or TSV (GLUE's: no quoting) rows as dicts."""
-    rows = []
+def _csv_records(path: Path, delimiter: str) -> Iterator[list[str]]:
+    """CSV records (quoted fields may span lines) or TSV ones (GLUE's: no quoting)."""
     quoting = csv.QUOTE_NONE if delimiter == "\t" else csv.QUOTE_MINIMAL
-    text = io.StringIO(read_utf8(path), newline="")
-    reader = csv.reader(text, delimiter=delimiter, quoting=quoting)
+    lines = (text for _, text in iter_lines(path))
+    return csv.reader(lines, delimiter=delimiter, quoting=quoting)
+
+
+def iter_delimited(
+    path: Path, columns: Sequence[str] | None = None, delimiter: str = ","
+) -> Iterator[Row]:
+    """CSV (quoted fields) or TSV (GLUE's: no quoting) rows as dicts; ``columns`` for
+    header-less files (CoLA)."""
+    reader = _csv_records(path, delimiter)
     header = list(columns) if columns else next(reader, None)
     if not header:
         raise DataError(f"{path}: empty file")
@@ -73,47 +86,103 @@ def read_delimited(
                 f"{path}: line {line_no}: expected {len(header)} "
                 f"{'tab' if delimiter == chr(9) else 'comma'}-separated fields, got {len(values)}"
             )
-        row: dict[str, Any] = dict(zip(header, values, strict=True))
+        row: Row = dict(zip(header, values, strict=True))
         row["_line"] = line_no
-        rows.append(row)
-    return rows
+        yield row
 
 
-def read_parquet(path: Path) -> list[dict[str, Any]]:
-    """Parquet rows as dicts (``_line``: the 1-based row number), read by ``datasets``."""
-    import datasets
+def _parquet_file(path: Path):
+    import pyarrow.parquet as pq
 
-    if not path.is_file():
-        raise DataError(f"data file {path} does not exist")
+    _require_file(path)
     try:
-        table = datasets.Dataset.from_parquet(str(path), keep_in_memory=True)
+        return pq.ParquetFile(path)
     except Exception as exc:  # pyarrow raises several types for a damaged file
         raise DataError(f"{path}: not a readable Parquet file ({exc})") from None
-    return [dict(row, _line=i) for i, row in enumerate(table, start=1)]
+
+
+def iter_parquet(path: Path) -> Iterator[Row]:
+    """Parquet rows as dicts (``_line``: the 1-based row number), one row group batch at a
+    time."""
+    number = 0
+    try:
+        for batch in _parquet_file(path).iter_batches(batch_size=PARQUET_BATCH_ROWS):
+            for row in batch.to_pylist():
+                number += 1
+                row["_line"] = number
+                yield row
+    except DataError:
+        raise
+    except Exception as exc:
+        raise DataError(f"{path}: not a readable Parquet file ({exc})") from None
 
 
 READERS = {".jsonl": "jsonl", ".json": "jsonl", ".tsv": "tsv", ".csv": "csv", ".parquet": "parquet"}
 
 
-def read_rows(path: Path, columns: Sequence[str] | None = None) -> list[dict[str, Any]]:
-    """Rows of a data file, the format chosen by its suffix."""
+def _kind(path: Path) -> str:
     kind = READERS.get(path.suffix.lower())
     if kind is None:
         raise DataError(f"{path}: unknown data file type {path.suffix!r}; use {sorted(READERS)}")
+    return kind
+
+
+def iter_rows(
+    path: Path, columns: Sequence[str] | None = None, wanted: Sequence[bool] | None = None
+) -> Iterator[Row]:
+    """Rows of a data file, the format chosen by its suffix, one at a time. ``wanted``: a flag
+    per row; only flagged rows are yielded (JSONL skips parsing the others)."""
+    kind = _kind(path)
     if kind == "jsonl":
-        return read_jsonl(path)
+        rows = iter_jsonl(path, wanted)
+        wanted = None
+    elif kind == "parquet":
+        rows = iter_parquet(path)
+    else:
+        rows = iter_delimited(path, columns, "\t" if kind == "tsv" else ",")
+    if wanted is None:
+        yield from rows
+        return
+    for index, row in enumerate(rows):
+        if wanted[index]:
+            yield row
+
+
+def count_rows(path: Path, columns: Sequence[str] | None = None) -> int:
+    """How many rows ``iter_rows`` yields, without building them: JSONL counts non-blank lines,
+    Parquet reads its footer, CSV/TSV parses records (quoted fields may hold newlines)."""
+    kind = _kind(path)
+    if kind == "jsonl":
+        _require_file(path)
+        with path.open("rb") as f:
+            return sum(1 for line in f if line.strip())
     if kind == "parquet":
-        return read_parquet(path)
-    return read_delimited(path, columns, "\t" if kind == "tsv" else ",")
+        return _parquet_file(path).metadata.num_rows
+    records = _csv_records(path, "\t" if kind == "tsv" else ",")
+    return max(0, sum(1 for values in records if values) - (0 if columns else 1))
 
 
-def require_fields(row: dict[str, Any], fields: Sequence[str], path: Path | str) -> None:
+def read_rows(path: Path, columns: Sequence[str] | None = None) -> list[Row]:
+    """All rows of a data file (small files; large ones: ``iter_rows``)."""
+    return list(iter_rows(path, columns))
+
+
+def read_jsonl(path: Path) -> list[Row]:
+    return list(iter_jsonl(path))
+
+
+def read_tsv(path: Path, columns: Sequence[str] | None = None) -> list[Row]:
+    """TSV rows as dicts. ``columns`` for header-less files (CoLA); a UTF-8 BOM is ignored."""
+    return list(iter_delimited(path, columns, delimiter="\t"))
+
+
+def require_fields(row: Row, fields: Sequence[str], path: Path | str) -> None:
     missing = [f for f in fields if f not in row]
     if missing:
         raise DataError(f"{path}: line {row.get('_line', '?')}: missing field(s) {missing}")
 
 
-def require_text(row: dict[str, Any], fields: Sequence[str], path: Path | str) -> None:
+def require_text(row: Row, fields: Sequence[str], path: Path | str) -> None:
     """The template's fields are text: a null would print as "None" in the prompt."""
     for name in fields:
         value = row[name]

@@ -3,15 +3,14 @@ without a data directory, the Hugging Face hub."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from .readers import DataError, read_rows
-
-Row = dict[str, Any]
+from .readers import DataError, Row, count_rows, iter_rows
 
 
 class Strict(BaseModel):
@@ -35,10 +34,13 @@ class DataFile(Strict):
         return root / path
 
     def read(self, root: Path | None) -> list[Row]:
-        rows = read_rows(self.location(root), self.columns)
-        if self.rename:
-            rows = [{self.rename.get(k, k): v for k, v in row.items()} for row in rows]
-        return rows
+        """All its rows (a small file; a large one streams through ``LocalRows``)."""
+        return list(self.renamed(iter_rows(self.location(root), self.columns)))
+
+    def renamed(self, rows: Iterator[Row]) -> Iterator[Row]:
+        if not self.rename:
+            return rows
+        return ({self.rename.get(k, k): v for k, v in row.items()} for row in rows)
 
 
 class Hub(Strict):
@@ -46,14 +48,68 @@ class Hub(Strict):
     name: str | None = Field(None, description="Its configuration name.")
 
 
-def load_local(task: Any, root: Path | None, splits: Sequence[str]) -> dict[str, list[Row]]:
+HUB_BATCH_ROWS = 4096
+
+
+class RowSource(Protocol):
+    """One of a task's files, read row by row: where it is, how many rows, the rows."""
+
+    description: str
+
+    def count(self) -> int: ...
+
+    def rows(self, wanted: Sequence[bool] | None = None) -> Iterator[Row]:
+        """Its rows in order (``_line``: where each is); ``wanted``: a flag per row, only the
+        flagged ones."""
+        ...
+
+
+@dataclass
+class LocalRows:
+    file: DataFile
+    root: Path | None
+
+    @property
+    def description(self) -> str:
+        return str(self.file.location(self.root))
+
+    def count(self) -> int:
+        return count_rows(self.file.location(self.root), self.file.columns)
+
+    def rows(self, wanted: Sequence[bool] | None = None) -> Iterator[Row]:
+        path = self.file.location(self.root)
+        return self.file.renamed(iter_rows(path, self.file.columns, wanted))
+
+
+@dataclass
+class HubRows:
+    """A split the ``datasets`` library downloaded (memory-mapped Arrow), read in batches."""
+
+    dataset: Any
+    description: str
+
+    def count(self) -> int:
+        return len(self.dataset)
+
+    def rows(self, wanted: Sequence[bool] | None = None) -> Iterator[Row]:
+        for start in range(0, len(self.dataset), HUB_BATCH_ROWS):
+            batch = self.dataset[start : start + HUB_BATCH_ROWS]
+            names = list(batch)
+            for offset, values in enumerate(zip(*batch.values(), strict=True)):
+                index = start + offset
+                if wanted is None or wanted[index]:
+                    yield dict(zip(names, values, strict=True), _line=index + 1)
+
+
+def local_sources(task: Any, root: Path | None, splits: Sequence[str]) -> dict[str, RowSource]:
     if root is not None and not root.is_dir():
         raise DataError(f"data directory {root} does not exist (task.data_dir / PIPELINE_DATA_DIR)")
-    return {split: task.files[split].read(root) for split in splits}
+    return {split: LocalRows(task.files[split], root) for split in splits}
 
 
-def load_hub(task: Any, splits: Sequence[str]) -> dict[str, list[Row]]:
-    """The Hugging Face hub fallback for users without a local copy."""
+def hub_sources(task: Any, splits: Sequence[str]) -> dict[str, RowSource]:
+    """The Hugging Face hub fallback for users without a local copy: downloaded once into the
+    ``datasets`` cache, then read from there in batches like a local file."""
     import datasets
 
     if task.hub is None:
@@ -69,4 +125,4 @@ def load_hub(task: Any, splits: Sequence[str]) -> dict[str, list[Row]]:
             f"task {task.name}: no local data directory set (task.data_dir or PIPELINE_DATA_DIR) "
             f"and loading {path}{'/' + name if name else ''} from the hub failed: {exc}"
         ) from exc
-    return {split: [dict(r, _line=i + 1) for i, r in enumerate(loaded[split])] for split in splits}
+    return {split: HubRows(loaded[split], f"hub:{path}") for split in splits}

@@ -57,6 +57,7 @@ class Outbox:
         self._seq = 0
         self._down_since: float | None = None
         self._failures = 0
+        self._unrecorded = False  # a sent-marker write failed (warned once)
         self._closing = False
         self.replayed = self._load()
         self._thread = threading.Thread(target=self._send_loop, name="tracking-outbox", daemon=True)
@@ -240,7 +241,12 @@ class Outbox:
                 self._pending.popleft()
             backlog = len(self._pending)
         self._failures = 0
-        write_json_atomic(self.sent_file, {"run_id": self.run_id, "seq": batch[-1]["seq"]})
+        try:
+            write_json_atomic(self.sent_file, {"run_id": self.run_id, "seq": batch[-1]["seq"]})
+        except OSError as exc:  # a full disk: the main thread reports it; a resume resends
+            if not self._unrecorded:
+                log.warning("could not record what was sent in %s: %s", self.sent_file, exc)
+            self._unrecorded = True
         if self._down_since is not None:
             log.info(
                 "tracking server %s is back after %.0f s; sending the backlog (%d call(s) left)",
