@@ -125,7 +125,8 @@ def tokenize_scale(rows: list[dict]) -> list[str]:
             "`tokenizer(texts)` in batches of 4,096 on one thread; memory: peak PSS of the whole "
             "process tree (pages the forked workers share counted once), sampled every 0.2 s.",
             "",
-            "| shape | rows | num_proc | rows/s | × raw tokenizer | × num_proc 1 | peak memory | "
+            "| shape | rows | num_proc | rows/s | × raw tokenizer (1 thread) | × num_proc 1 | "
+            "peak memory | "
             "input → output |",
             "|---|---|---|---|---|---|---|---|",
         ]
@@ -148,7 +149,8 @@ def tokenize_scale(rows: list[dict]) -> list[str]:
                 f" {whole['shape']} task ({whole['train_steps']} train steps, Gemma 3 270M loaded):"
                 f" peak memory {whole['tree_pss_mib']:,} MiB (PSS; the main process's RSS "
                 f"{whole['main_rss_mib']:,} MiB), shard output {whole['shard_output_kib']:,} KiB "
-                f"in {whole['shard_seconds']:.1f} s, {whole['wall_seconds']:.0f} s in all.",
+                f"in {whole['shard_seconds']:.1f} s, {whole['wall_seconds']:.0f} s in all"
+                + (f" ({whole['note']})." if whole.get("note") else "."),
             ]
     return lines
 

@@ -25,8 +25,8 @@ def test_two_ranks_of_four_see_one_process_of_eight(grouped, lengths) -> None:
     one = interleaved_shards(len(lengths), 8, 1, seed=5, lengths=by_length)[0]
     two = interleaved_shards(len(lengths), 4, 2, seed=5, lengths=by_length)
     for k in range(len(one) // 8):
-        global_batch = two[0][4 * k : 4 * k + 4] + two[1][4 * k : 4 * k + 4]
-        assert sorted(global_batch) == sorted(one[8 * k : 8 * k + 8])
+        global_batch = np.concatenate([two[0][4 * k : 4 * k + 4], two[1][4 * k : 4 * k + 4]])
+        assert sorted(global_batch.tolist()) == sorted(one[8 * k : 8 * k + 8].tolist())
 
 
 def test_grouping_keeps_the_rows_and_cuts_padding(lengths) -> None:

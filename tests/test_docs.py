@@ -74,5 +74,6 @@ def test_benchmark_tables_are_rendered_from_their_json_lines() -> None:
     assert blocks == {
         "benchmarks.md": ["cli_startup", "estimate_accuracy"],
         "study.md": ["study_costs"],
-        "README.md": ["main_job"],
+        "tasks.md": ["tokenize_scale"],
+        "README.md": ["main_job", "tokenize_scale"],
     }

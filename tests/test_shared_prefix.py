@@ -80,9 +80,10 @@ def test_shared_prefix_equals_unshared_fp32(base, method, side) -> None:
 
 @pytest.mark.parametrize("base", sorted(BASES))
 def test_shared_prefix_bf16_error_is_that_of_the_unshared_path(base) -> None:
-    """Against an fp32 reference, bf16 with the shared prefix errs no more than bf16 without
-    (within 10%: kernels may round a shorter sequence differently); a prompt at the wrong
-    positions errs by whole nats."""
+    """Against an fp32 reference, bf16 with the shared prefix errs as much as bf16 without:
+    within 2x (kernels round a shorter sequence differently; measured up to 1.6x on a CPU with
+    native bf16 (AVX512-BF16), 1.1x without); a prompt at the wrong positions errs by whole
+    nats, hundreds of times more."""
     fp32 = make(ADePT, BASES[base]()).eval()
     perturb(fp32)
     ids, mask, target = padded_batch("right")
@@ -96,7 +97,7 @@ def test_shared_prefix_bf16_error_is_that_of_the_unshared_path(base) -> None:
             bf16.shared_prefix = shared
             errors[shared] = (bf16(ids, mask, target_mask=target).logprobs - reference).abs().max()
     assert errors[False] > 0  # bf16 is not fp32: the comparison has something to measure
-    assert errors[True] <= 1.1 * errors[False], errors
+    assert errors[True] <= 2 * errors[False], errors
 
 
 def test_evaluation_computes_the_prefix_once(monkeypatch) -> None:

@@ -149,8 +149,9 @@ def iter_rows(
 
 
 def count_rows(path: Path, columns: Sequence[str] | None = None) -> int:
-    """How many rows ``iter_rows`` yields, without building them: JSONL counts non-blank lines,
-    Parquet reads its footer, CSV/TSV parses records (quoted fields may hold newlines)."""
+    """How many rows ``iter_rows`` yields: JSONL counts non-blank lines unparsed, Parquet reads
+    its footer, CSV/TSV parses its records (quoted fields may hold newlines; a record with the
+    wrong number of fields is reported here, naming its line)."""
     kind = _kind(path)
     if kind == "jsonl":
         _require_file(path)
@@ -158,8 +159,7 @@ def count_rows(path: Path, columns: Sequence[str] | None = None) -> int:
             return sum(1 for line in f if line.strip())
     if kind == "parquet":
         return _parquet_file(path).metadata.num_rows
-    records = _csv_records(path, "\t" if kind == "tsv" else ",")
-    return max(0, sum(1 for values in records if values) - (0 if columns else 1))
+    return sum(1 for _ in iter_delimited(path, columns, "\t" if kind == "tsv" else ","))
 
 
 def read_rows(path: Path, columns: Sequence[str] | None = None) -> list[Row]:
