@@ -44,6 +44,7 @@ def cli_startup(rows: list[dict]) -> list[str]:
     lines = []
     for row in rows:
         lines += [
+            *([""] if lines else []),
             f"Measured on {machine(row)}; median of {row['repeats']} runs each, round-robin:",
             "",
             "| command | median s | × baseline |",
