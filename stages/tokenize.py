@@ -72,7 +72,6 @@ STAGE = Stage(
     name="tokenize",
     run=run,
     config_keys=("model.source", "task"),
-    ignored_keys=("task.num_proc",),  # the output is the same for any number of processes
     outputs=(*SPLITS, STATS),
     shared=True,
     version=3,  # 3: dev and test keep each row's line and fields; 2: a cut row fills its budget

@@ -63,14 +63,18 @@ def test_every_split_is_what_the_in_memory_stage_wrote(
     assert stats["train"]["rows"] == rows
 
 
-def test_num_proc_does_not_change_the_cache_key(tmp_path) -> None:
+def test_num_proc_changes_no_stage_key_and_not_the_config_hash(tmp_path) -> None:
+    """How many processes tokenize is left out of every key, the whole-config ones (train,
+    export) included: changing it re-runs nothing."""
     keys = []
     for num_proc in (None, 1, 4):
         config = tmp_path / f"c{num_proc}.yaml"
         task = {"name": "rte"} if num_proc is None else {"name": "rte", "num_proc": num_proc}
         config.write_text(yaml.safe_dump({"name": "t", "output_dir": str(tmp_path), "task": task}))
-        keys.append(Runner(load_config(config), track=False).stage_key(BY_NAME["tokenize"])[0])
-    assert len(set(keys)) == 1
+        runner = Runner(load_config(config), track=False)
+        stage_keys = [runner.stage_key(stage)[0] for stage in BY_NAME.values()]
+        keys.append((runner.config.config_hash, *stage_keys))
+    assert len(set(keys)) == 1, keys
 
 
 def test_the_split_plan_reads_only_the_rows_a_limit_keeps(data_dir) -> None:

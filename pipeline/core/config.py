@@ -42,6 +42,7 @@ from .yaml_files import (
 )
 
 DEFAULT_METHOD = {"name": "adept"}
+OUTPUT_NEUTRAL_KEYS = ("task.num_proc",)  # how many processes tokenize: the same output
 EIGHT_BIT_DEEPSPEED = (
     "model.load_in_8bit with distributed.deepspeed needs model.dtype bfloat16 or float16 (int8 "
     "matmuls compute in 16-bit); set model.dtype: bfloat16"
@@ -337,9 +338,21 @@ class PipelineConfig(Section):
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json")
 
+    def keyed_dict(self) -> dict[str, Any]:
+        """``to_dict`` without the keys that change how a run works, not what it writes
+        (``OUTPUT_NEUTRAL_KEYS``): what config hashes and stage keys are made of."""
+        data = self.to_dict()
+        for dotted in OUTPUT_NEUTRAL_KEYS:
+            *parents, last = dotted.split(".")
+            node = data
+            for part in parents:
+                node = node.get(part, {})
+            node.pop(last, None)
+        return data
+
     def section_hash(self, *sections: str) -> str:
         """Stable hash of some sections (a stage's inputs); all sections when none given."""
-        data = self.to_dict()
+        data = self.keyed_dict()
         picked = {k: data[k] for k in sections} if sections else data
         blob = json.dumps(picked, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(blob.encode()).hexdigest()[:16]

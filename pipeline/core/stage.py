@@ -34,9 +34,6 @@ class Stage:
     """Stages whose outputs this one reads (their digests are part of its cache key)."""
     config_keys: tuple[str, ...] = ()
     """Dotted config paths this stage reads or writes; ``"*"``: the whole config."""
-    ignored_keys: tuple[str, ...] = ()
-    """Dotted config paths inside ``config_keys`` that do not change the outputs (how many
-    processes do the work): left out of the key."""
     outputs: tuple[str, ...] = ()
     """Files or directories every successful run leaves in the stage directory."""
     tracked: dict[str, str] = field(default_factory=dict)
@@ -52,13 +49,7 @@ class Stage:
 
     def key_inputs(self, config: PipelineConfig) -> dict[str, Any]:
         """The config values this stage's outputs depend on."""
-        data = config.to_dict()
-        for dotted in self.ignored_keys:
-            *parents, last = dotted.split(".")
-            node = data
-            for part in parents:
-                node = node.get(part, {})
-            node.pop(last, None)
+        data = config.keyed_dict()
         if WHOLE_CONFIG in self.config_keys:
             return data
         picked = {}

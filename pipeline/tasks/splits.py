@@ -96,7 +96,7 @@ class SplitPlan:
 
         splits = [s for s, (f, _) in self.order.items() if f == file]
         n = self.counts[file]
-        split_of, position = np.full(n, -1, np.int8), row_indices(np.zeros(n), n)
+        split_of, position = np.full(n, -1, np.int8), np.zeros(n, np.min_scalar_type(max(n, 1)))
         for k, split in enumerate(splits):
             indices = self.order[split][1]
             split_of[indices], position[indices] = k, np.arange(len(indices))
