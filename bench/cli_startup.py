@@ -19,12 +19,17 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 BAD_CONFIG = "name: x\ntrain:\n  steps: fast\n"
+ONE_MODEL = (  # what any pydantic schema check pays: the model machinery pydantic loads lazily
+    "import yaml\nfrom pydantic import BaseModel\nclass Config(BaseModel):\n    steps: int = 1\n"
+    "Config.model_validate(yaml.safe_load('steps: 2'))"
+)
 
 
 def commands(bad: Path) -> dict[str, list[str]]:
     pipeline = [sys.executable, "-m", "pipeline.cli"]
     return {
         "baseline: import yaml, pydantic": [sys.executable, "-c", "import yaml, pydantic"],
+        "reference: yaml + one pydantic model": [sys.executable, "-c", ONE_MODEL],
         "pipeline --help": [*pipeline, "--help"],
         "pipeline validate BAD": [*pipeline, "validate", str(bad)],
         "pipeline validate main job": [

@@ -45,7 +45,9 @@ def cli_startup(rows: list[dict]) -> list[str]:
     for row in rows:
         lines += [
             *([""] if lines else []),
-            f"Measured on {machine(row)}; median of {row['repeats']} runs each, round-robin:",
+            f"Measured on {machine(row)}; median of {row['repeats']} runs each, round-robin"
+            + (f" ({row['note']})" if row.get("note") else "")
+            + ":",
             "",
             "| command | median s | × baseline |",
             "|---|---|---|",

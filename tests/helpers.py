@@ -25,7 +25,11 @@ from transformers import Gemma3ForCausalLM, Gemma3TextConfig, LlamaConfig, Llama
 from pipeline.methods import DePT, SoftPromptModel
 
 REPO = Path(__file__).resolve().parents[1]
-ENV = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
+ENV = dict(  # the repository first; the caller's PYTHONPATH after it (bench/suite_cli_calls.py)
+    os.environ,
+    OMP_NUM_THREADS="1",
+    PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
+)
 TINY_VOCAB = 1000
 TINY_DIMS = dict(
     hidden_size=64,

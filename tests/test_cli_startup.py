@@ -15,6 +15,7 @@ from pipeline import cli
 from pipeline.runner import STAGE_NAMES
 from tests.helpers import ENV, REPO
 
+TASK_DECLARATION_MODULES = {"pipeline.tasks.base", "pipeline.tasks.splits", "pipeline.tasks.data"}
 HEAVY = ("torch", "transformers", "mlflow", "datasets", "deepspeed", "sklearn", "scipy")
 PROBE = """
 import json, sys
@@ -24,7 +25,8 @@ try:
 except SystemExit as exit:
     code = exit.code
 heavy = [m for m in {heavy!r} if m in sys.modules]
-open(sys.argv[1], "w").write(json.dumps({{"code": code, "heavy": heavy}}))
+ours = sorted(m for m in sys.modules if m.startswith("pipeline."))
+open(sys.argv[1], "w").write(json.dumps({{"code": code, "heavy": heavy, "pipeline": ours}}))
 """
 
 
@@ -45,7 +47,7 @@ def run_cli(tmp_path: Path, *args: str) -> tuple[dict, subprocess.CompletedProce
 @pytest.mark.parametrize("args", [["--help"], ["run", "--help"], ["validate", "--help"]])
 def test_help_loads_no_heavy_library(tmp_path, args) -> None:
     loaded, proc = run_cli(tmp_path, *args)
-    assert loaded == {"code": 0, "heavy": []}
+    assert (loaded["code"], loaded["heavy"]) == (0, [])
     assert "usage: pipeline" in proc.stdout
 
 
@@ -69,11 +71,12 @@ def test_a_bad_config_is_rejected_without_heavy_libraries(tmp_path, case) -> Non
     config = tmp_path / "bad.yaml"
     config.write_text(text)
     loaded, proc = run_cli(tmp_path, "validate", str(config))
-    assert loaded == {"code": 2, "heavy": []}
+    assert (loaded["code"], loaded["heavy"]) == (2, [])
+    assert not TASK_DECLARATION_MODULES & set(loaded["pipeline"])  # a task's name: a file check
     assert proc.stderr.startswith(f"error: {config}: ") and message in proc.stderr
     assert "Traceback" not in proc.stderr
     loaded, run = run_cli(tmp_path, "run", str(config))  # the same check, the same words
-    assert loaded == {"code": 2, "heavy": []} and run.stderr == proc.stderr
+    assert (loaded["code"], loaded["heavy"]) == (2, []) and run.stderr == proc.stderr
 
 
 def test_the_cli_names_the_stages_the_runner_runs() -> None:
@@ -87,3 +90,15 @@ def test_every_known_error_class_is_where_the_cli_looks_for_it() -> None:
     for module, name in cli.KNOWN_ERRORS:
         error = getattr(importlib.import_module(module), name)
         assert issubclass(error, Exception) and error.__module__ == module
+
+
+def test_every_lazy_task_export_resolves_to_its_submodule() -> None:
+    from importlib import import_module
+
+    import pipeline.tasks as tasks
+
+    assert sorted(tasks.__all__) == sorted(tasks.SUBMODULE_OF)
+    for name, submodule in tasks.SUBMODULE_OF.items():  # the object its submodule defines
+        assert getattr(tasks, name) is getattr(import_module(f"pipeline.tasks.{submodule}"), name)
+    with pytest.raises(AttributeError):
+        tasks.nothing_like_this  # noqa: B018

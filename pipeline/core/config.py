@@ -14,7 +14,7 @@ import os
 import re
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import (
     Field,
@@ -24,13 +24,6 @@ from pydantic import (
     model_validator,
 )
 
-from ..methods import (
-    BudgetError,
-    MethodConfig,
-    config_from_section,
-    get_method,
-    section_from_config,
-)
 from .section import Section
 from .task_section import TaskSection, task_file_beside
 from .yaml_files import (
@@ -41,7 +34,10 @@ from .yaml_files import (
     sweep_variants,
 )
 
-DEFAULT_METHOD = {"name": "adept"}
+if TYPE_CHECKING:
+    from ..methods import MethodConfig
+
+DEFAULT_METHOD = "adept"
 OUTPUT_NEUTRAL_KEYS = ("task.num_proc",)  # how many processes tokenize: the same output
 EIGHT_BIT_DEEPSPEED = (
     "model.load_in_8bit with distributed.deepspeed needs model.dtype bfloat16 or float16 (int8 "
@@ -205,6 +201,13 @@ class ExportSection(Section):
         return value
 
 
+def default_method_config() -> MethodConfig:
+    """The config of ``DEFAULT_METHOD`` with its own defaults (nothing to validate)."""
+    from ..methods import get_method
+
+    return get_method(DEFAULT_METHOD).config_class()
+
+
 class PipelineConfig(Section):
     plugins: list[str] = Field(
         default_factory=list,
@@ -217,7 +220,7 @@ class PipelineConfig(Section):
     output_dir: str = "runs"
     model: ModelSection = ModelSection()
     method: Any = Field(
-        default_factory=lambda: config_from_section(DEFAULT_METHOD),
+        default_factory=default_method_config,
         description="name: the method; the other keys are that method's options.",
     )
     task: TaskSection = TaskSection()
@@ -254,6 +257,8 @@ class PipelineConfig(Section):
     @field_validator("method", mode="before")
     @classmethod
     def _method_section(cls, value: Any) -> MethodConfig:
+        from ..methods import MethodConfig, config_from_section
+
         if isinstance(value, MethodConfig):
             return value
         if not isinstance(value, dict):
@@ -262,6 +267,8 @@ class PipelineConfig(Section):
 
     @field_serializer("method")
     def _dump_method(self, value: MethodConfig) -> dict[str, Any]:
+        from ..methods import section_from_config
+
         return section_from_config(value)
 
     @model_validator(mode="after")
@@ -289,6 +296,8 @@ class PipelineConfig(Section):
         if self.export.merged and not method.can_merge:
             raise ValueError(f"export.merged: method {method.method!r}: {method.why_not_mergeable}")
         if method.lives_in_base and self.model.load_in_8bit and dist.deepspeed:
+            from ..methods import get_method
+
             raise ValueError(
                 f"method.name {method.method} with model.load_in_8bit and distributed.deepspeed: "
                 f"the {get_method(method.method).label} weights live inside the int8 base, which "
@@ -328,6 +337,8 @@ class PipelineConfig(Section):
     def method_config(self, text_config: Any) -> MethodConfig:
         """The method's config for this model and task: seeded from ``train.seed``, ranks
         solved from the budget, input length from ``task.max_length``."""
+        from ..methods import BudgetError
+
         try:
             return replace(self.method, seed=self.train.seed).resolve(
                 text_config, self.task.max_length

@@ -12,8 +12,7 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from ..methods import MethodConfigError
-from ..tasks import TaskDeclarationError
+from ..util.errors import KeyPathError
 from ..util.strict_yaml import load_yaml
 
 # keys that moved: the error for the old key names the new one
@@ -89,7 +88,7 @@ def format_validation_error(exc: ValidationError, source: str) -> str:
     for err in exc.errors():
         path = ".".join(str(p) for p in err["loc"]) or "(top level)"
         cause = err.get("ctx", {}).get("error")
-        if isinstance(cause, MethodConfigError | TaskDeclarationError):  # names its key path
+        if isinstance(cause, KeyPathError):  # names its key path
             lines.append(str(cause))
         elif err["type"] == "extra_forbidden" and path in RENAMED_KEYS:
             lines.append(f"{path}: renamed to {RENAMED_KEYS[path]}")

@@ -27,8 +27,6 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO
 
-from ..util.files import write_json_atomic
-
 log = logging.getLogger(__name__)
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)  # Ctrl-C: like a preemption
@@ -99,6 +97,8 @@ class StopFlag:
 
 def mark_preempted(directory: Path, step: int, checkpoint: Path) -> Preempted:
     """Leave the marker a launcher reads, and return the exception to raise."""
+    from ..util.files import write_json_atomic
+
     write_json_atomic(directory / PREEMPTED_MARKER, {"step": step, "checkpoint": str(checkpoint)})
     return Preempted(step, str(checkpoint))
 

@@ -21,10 +21,11 @@ from typing import Any
 
 from pydantic import TypeAdapter, ValidationError
 
+from ..util.errors import KeyPathError
 from .base import MethodConfig
 
 
-class MethodConfigError(ValueError):
+class MethodConfigError(KeyPathError):
     """A YAML ``method:`` section does not fit the chosen method; names the key."""
 
     def __init__(self, key: str, reason: str) -> None:

@@ -4,19 +4,22 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 from pydantic import ValidationError
 
+from ..util.errors import KeyPathError
 from ..util.strict_yaml import load_yaml
-from .base import Task
 from .readers import DataError
+
+if TYPE_CHECKING:
+    from .base import Task
 
 BUILTIN_DIR = Path(__file__).parent / "builtin"
 
 
-class TaskDeclarationError(DataError):
+class TaskDeclarationError(DataError, KeyPathError):
     """A task declaration that does not validate; the message names the YAML key path."""
 
 
@@ -35,6 +38,8 @@ def parse_task(data: Any, where: str) -> Task:
     """A task from its YAML mapping; ``where`` names it in errors (a file or a config key)."""
     if not isinstance(data, dict):
         raise TaskDeclarationError(f"{where}: a task declaration is a mapping, got {data!r}")
+    from .base import Task  # its schema: built when a task is first parsed
+
     try:
         return Task.model_validate(data)
     except ValidationError as exc:
@@ -58,7 +63,7 @@ def load_task_file(path: Path) -> Task:
     return parse_task(read_task_file(path), str(path))
 
 
-class BuiltinTasks(Mapping[str, Task]):
+class BuiltinTasks(Mapping[str, "Task"]):
     """The built-in tasks by name (``builtin/<name>.yaml``), each read when first asked for:
     checking a config that names one reads that file only."""
 
@@ -73,6 +78,15 @@ class BuiltinTasks(Mapping[str, Task]):
                 raise KeyError(name)
             self._loaded[name] = load_task_file(path)
         return self._loaded[name]
+
+    def __contains__(self, name: object) -> bool:
+        """A built-in task's file exists (read only when the task is asked for)."""
+        return (
+            isinstance(name, str)
+            and not name.startswith(".")
+            and "/" not in name
+            and (self.directory / f"{name}.yaml").is_file()
+        )
 
     def __iter__(self) -> Iterator[str]:
         return iter(sorted(p.stem for p in self.directory.glob("*.yaml")))
