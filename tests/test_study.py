@@ -137,6 +137,18 @@ def test_selection_seeds_and_report(finished_study) -> None:
     low, high = paired["difference"] - 1.96 * se, paired["difference"] + 1.96 * se
     assert paired["ci95"] == pytest.approx([low, high], abs=0.5 * se + 1e-12)
     assert "| boolq | ADePT − LoRA | " in report and "## Per seed" in report
+    for run in boolq["methods"]["adept"]:  # per-row correctness kept: stats from results alone
+        lines = (job_dir(tmp, "adept", run) / PREDICTIONS).read_text().splitlines()
+        rows = [json.loads(line) for line in lines]
+        assert run["test_correct"] == "".join(str(int(r["predicted"] == r["label"])) for r in rows)
+    by_seed = {one["seed"]: one for one in paired["per_seed"]}
+    assert sorted(by_seed) == list(SEEDS)
+    for a, b in zip(boolq["methods"]["adept"], boolq["methods"]["lora"], strict=True):
+        one = by_seed[a["seed"]]  # seed k of ADePT against seed k of LoRA, on the same rows
+        assert one["difference"] == pytest.approx(a["test"] - b["test"], abs=1e-12)
+        assert one["pairs"] == 12 and one["seeds"] == 1
+        assert f"| boolq | ADePT − LoRA | {a['seed']} | {one['difference']:+.4f} |" in report
+    assert sum(o["only_a_right"] for o in by_seed.values()) == paired["only_a_right"]
     assert "## Other test metrics" not in report  # BoolQ is scored by accuracy alone
     for png in ("bars.png", "curves.png"):
         assert (tmp / "reports/tiny_study" / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

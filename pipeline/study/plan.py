@@ -85,6 +85,13 @@ class StudyConfig(BaseModel):
         return Path(self.output_dir) / self.name
 
 
+def method_label(name: str) -> str:
+    """The method's label from its registration (``zero_shot``: the base model alone)."""
+    from ..methods import get_method
+
+    return "zero-shot" if name == "zero_shot" else get_method(name).label
+
+
 def load_study(path: str | os.PathLike) -> tuple[StudyConfig, Path]:
     """The validated study and its base config path; every job config is validated too."""
     path = Path(path)

@@ -10,17 +10,18 @@ from pathlib import Path
 from typing import Any
 
 from ..core.config import load_config
-from ..methods import get_method
 from ..tasks import get_task
 from ..tracking.tracker import git_commit, tracking_uri
 from ..util.files import atomic_directory
-from .plan import Job, StudyConfig, dev_score, run_dir
-from .stats import correct_rows, paired_difference
-
-
-def method_label(name: str) -> str:
-    """The method's label from its registration (``zero_shot``: the base model alone)."""
-    return "zero-shot" if name == "zero_shot" else get_method(name).label
+from .plan import Job, StudyConfig, dev_score, method_label, run_dir
+from .plots import plot_bars, plot_curves
+from .stats import (
+    correct_rows,
+    from_bits,
+    mean_spread,
+    paired_difference,
+    to_bits,
+)
 
 
 def _read_json(path: Path) -> dict[str, Any]:
@@ -37,6 +38,7 @@ def collect(study: StudyConfig, seeds: list[Job]) -> dict[str, Any]:
         train = _read_json(root / "train" / "train_summary.json")
         test = _read_json(root / "evaluate" / "metrics.json")
         timing = _read_json(root / "evaluate" / "timing.json")
+        correct = correct_rows(root / "evaluate" / "predictions.jsonl")
         history = [
             json.loads(line)
             for line in (root / "train" / "history.jsonl").read_text().splitlines()
@@ -56,6 +58,7 @@ def collect(study: StudyConfig, seeds: list[Job]) -> dict[str, Any]:
                 "overrides": list(job.overrides),
                 "test": test["adapter"][metric],
                 "test_metrics": test["adapter"],
+                "test_correct": to_bits(correct),
                 "dev": train[f"best_dev_{metric}"],
                 "best_step": train["best_step"],
                 "trainable_parameters": train["trainable_parameters"],
@@ -68,27 +71,29 @@ def collect(study: StudyConfig, seeds: list[Job]) -> dict[str, Any]:
                 ],
             }
         )
-    for task, entry in results.items():
-        entry["paired"] = paired_comparisons(study, task, seeds)
+    for entry in results.values():
+        entry["paired"] = paired_comparisons(study, entry)
     return results
 
 
-def paired_comparisons(study: StudyConfig, task: str, seeds: list[Job]) -> list[dict[str, Any]]:
-    """The study's comparisons (e.g. ADePT − PT) on this task's test rows, seeds pooled."""
-    correct: dict[str, list] = {}
-    for job in sorted((j for j in seeds if j.task == task), key=lambda j: j.seed):
-        predictions = run_dir(study, job) / "evaluate" / "predictions.jsonl"
-        correct.setdefault(job.method, []).append(correct_rows(predictions))
-    return [
-        {"a": a, "b": b, **paired_difference(correct[a], correct[b])}
-        for a, b in study.comparisons
-        if a in correct and b in correct
-    ]
-
-
-def mean_spread(values: list[float]) -> tuple[float, float]:
-    """Mean and sample standard deviation (0 for a single value)."""
-    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+def paired_comparisons(study: StudyConfig, entry: dict[str, Any]) -> list[dict[str, Any]]:
+    """The study's comparisons (e.g. ADePT − PT) on one task's test rows: seeds pooled, and
+    each seed alone (``per_seed``). Seed k of A is paired with seed k of B."""
+    correct = {
+        method: {run["seed"]: from_bits(run["test_correct"]) for run in runs}
+        for method, runs in entry["methods"].items()
+    }
+    comparisons = []
+    for a, b in study.comparisons:
+        if a not in correct or b not in correct:
+            continue
+        seeds = sorted(set(correct[a]) & set(correct[b]))
+        pooled = paired_difference([correct[a][s] for s in seeds], [correct[b][s] for s in seeds])
+        per_seed = [
+            {"seed": s, **paired_difference([correct[a][s]], [correct[b][s]])} for s in seeds
+        ]
+        comparisons.append({"a": a, "b": b, **pooled, "per_seed": per_seed})
+    return comparisons
 
 
 def grid_scores(study: StudyConfig, grid: list[Job]) -> dict[str, dict[str, list[float]]]:
@@ -217,15 +222,32 @@ def paired_table(study: StudyConfig, results: dict[str, Any]) -> list[str]:
     lines += _table(
         ["task", "comparison", "difference", "bootstrap 95% interval", "McNemar p", "discordant"]
     )
+    per_seed = []
     for task, entry in results.items():
         for c in entry.get("paired", []):
-            low, high = c["ci95"]
-            lines.append(
-                f"| {task} | {method_label(c['a'])} − {method_label(c['b'])} | "
-                f"{c['difference']:+.4f} | [{low:+.4f}, {high:+.4f}] | {c['mcnemar_p']:.3g} | "
-                f"{c['only_a_right']} vs {c['only_b_right']} of {c['pairs']} |"
-            )
+            label = f"{method_label(c['a'])} − {method_label(c['b'])}"
+            lines.append(f"| {task} | {label} | {_paired_cells(c)} |")
+            per_seed += [
+                f"| {task} | {label} | {one['seed']} | {_paired_cells(one)} |"
+                for one in c.get("per_seed", [])
+            ]
+    if per_seed:
+        lines += ["", "## Paired differences per seed", ""]
+        head = ["task", "comparison", "seed", "difference", "bootstrap 95% interval", "McNemar p"]
+        lines += [*_table([*head, "discordant"]), *per_seed]
     return lines
+
+
+def _paired_cells(c: dict[str, Any]) -> str:
+    """Difference, interval, p and discordant pairs of one paired comparison."""
+    low, high = c["ci95"]
+    cells = [
+        f"{c['difference']:+.4f}",
+        f"[{low:+.4f}, {high:+.4f}]",
+        f"{c['mcnemar_p']:.3g}",
+        f"{c['only_a_right']} vs {c['only_b_right']} of {c['pairs']}",
+    ]
+    return " | ".join(cells)
 
 
 def cost_table(study: StudyConfig, results: dict[str, Any]) -> list[str]:
@@ -269,76 +291,6 @@ def grid_table(study: StudyConfig, results: dict[str, Any], grid: dict[str, Any]
 
 def _widest(study: StudyConfig) -> int:
     return max(len(points) for points in study.lr_grid.values())
-
-
-def plot_bars(study: StudyConfig, results: dict[str, Any], out: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    tasks, methods = list(results), list(study.methods)
-    series = ["zero_shot", *methods]
-    width = 0.8 / len(series)
-    fig, ax = plt.subplots(figsize=(7, 3.5), dpi=100)
-    for i, method in enumerate(series):
-        if method == "zero_shot":
-            means = [results[t].get("zero_shot", 0.0) for t in tasks]
-            spreads = [0.0] * len(tasks)
-        else:
-            stats = [mean_spread([r["test"] for r in results[t]["methods"][method]]) for t in tasks]
-            means, spreads = [m for m, _ in stats], [s for _, s in stats]
-        xs = [j + (i - (len(series) - 1) / 2) * width for j in range(len(tasks))]
-        ax.bar(xs, means, width, yerr=spreads, capsize=3, label=method_label(method))
-    ax.set_xticks(range(len(tasks)), tasks)
-    ax.set_ylabel("test accuracy")
-    ax.set_ylim(0.0, 1.0)
-    ax.legend(fontsize=8, ncol=len(series), loc="upper center")
-    fig.tight_layout()
-    fig.savefig(out)
-    plt.close(fig)
-
-
-def mean_curve(runs: list[dict[str, Any]], key: str) -> tuple[list[int], list[float]]:
-    """Steps where the first seed logged ``key`` and the mean over seeds there."""
-    steps = [r["step"] for r in runs[0]["history"] if key in r]
-    means = [
-        statistics.fmean(
-            row[key] for run in runs for row in run["history"] if row["step"] == step and key in row
-        )
-        for step in steps
-    ]
-    return steps, means
-
-
-def plot_curves(study: StudyConfig, results: dict[str, Any], out: Path) -> None:
-    """Per task: train loss (top) and the dev metric (bottom) over steps, mean over seeds;
-    zero-shot's dev score as a dashed line where it was measured."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    tasks = list(results)
-    fig, axes = plt.subplots(2, len(tasks), figsize=(4 * len(tasks), 6), dpi=100, squeeze=False)
-    for column, task in enumerate(tasks):
-        entry = results[task]
-        dev_key = f"dev/{entry['metric']}"
-        for color, method in enumerate(study.methods, start=1):  # C0 is zero-shot in the bars
-            runs, label = entry["methods"][method], method_label(method)
-            axes[0][column].plot(*mean_curve(runs, "train/loss"), color=f"C{color}", label=label)
-            axes[1][column].plot(*mean_curve(runs, dev_key), "o-", color=f"C{color}", label=label)
-        if "dev_zero_shot" in entry:
-            axes[1][column].axhline(entry["dev_zero_shot"], color="C0", ls="--", label="zero-shot")
-        axes[0][column].set_title(f"{task}: train loss (mean over seeds)")
-        axes[1][column].set_title(f"{task}: dev {entry['metric']} (mean over seeds)")
-        axes[1][column].set_xlabel("step")
-    axes[0][0].set_ylabel("loss")
-    axes[1][0].set_ylabel(entry["metric"])
-    axes[1][0].legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(out)
-    plt.close(fig)
 
 
 def log_to_mlflow(study: StudyConfig, base: Path, results: dict[str, Any], report: Path) -> str:

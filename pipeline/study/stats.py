@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import statistics
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,21 @@ def correct_rows(predictions: Path) -> np.ndarray:
     """1/0 per test row: the predicted choice is the gold one (evaluate/predictions.jsonl)."""
     rows = [json.loads(line) for line in predictions.read_text().splitlines() if line.strip()]
     return np.array([int(r["predicted"] == r["label"]) for r in rows], dtype=np.int8)
+
+
+def to_bits(correct: np.ndarray) -> str:
+    """Per-row correctness as a string of 0/1 (kept in results.json: paired statistics can be
+    recomputed from the report alone)."""
+    return "".join("1" if x else "0" for x in correct)
+
+
+def from_bits(bits: str) -> np.ndarray:
+    return np.frombuffer(bits.encode("ascii"), dtype=np.uint8) - ord("0")
+
+
+def mean_spread(values: list[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (0 for a single value)."""
+    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
 
 
 def mcnemar_p(only_a: int, only_b: int) -> float:
