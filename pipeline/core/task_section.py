@@ -57,9 +57,10 @@ class TaskSection(Section):
 
     @model_serializer(mode="wrap")
     def _without_unset_declaration(self, handler) -> dict[str, Any]:
-        """A built-in task dumps (and hashes) as before declarations and num_proc existed."""
+        """A built-in task dumps (and hashes) as before declarations existed (``num_proc`` is
+        left out of hashes by the config's ``OUTPUT_NEUTRAL_KEYS``)."""
         data = handler(self)
-        for key in ("file", "spec", "num_proc"):
+        for key in ("file", "spec"):
             if data.get(key) is None:
                 data.pop(key, None)
         return data

@@ -31,8 +31,8 @@ def interleaved_shards(
     lengths: Sequence[int] | None = None,
 ) -> np.ndarray:
     """Per-rank row indices (one row of the array per rank) such that the k-th batch of every
-    rank together form one global
-    batch: the same rows a single process with batch ``batch_size × world_size`` would see.
+    rank together form one global batch: the same rows a single process with batch
+    ``batch_size × world_size`` would see.
 
     ``lengths`` (one per row): group global batches by length (:func:`length_grouped`); the
     batches stay the same for any split of the global batch over ranks.

@@ -55,11 +55,11 @@ def one_tokenizer_thread() -> Iterator[None]:
 
 
 def _work(encoder: Encoder, tasks: Any, results: Any) -> None:
-    """A worker: encode chunks from the task queue until None. It dies on SIGTERM (not by the
+    """A worker (started inside ``one_tokenizer_thread``: its tokenizer runs on one thread):
+    encode chunks from the task queue until None. It dies on SIGTERM (not by the
     run's handler it inherited) and leaves Ctrl-C to the main process, which stops it."""
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    os.environ["TOKENIZERS_PARALLELISM"] = "false"
     while (task := tasks.get()) is not None:
         number, chunk = task
         try:

@@ -1,7 +1,7 @@
 """Readers for task data files: JSONL, CSV/TSV (with or without header or BOM), Parquet.
 
 Every reader streams: rows come one at a time (``iter_rows``), so memory does not grow with the
-file; ``read_rows`` is their list. Errors name the file and the 1-based line number of the bad
+file. Errors name the file and the 1-based line number of the bad
 row (CSV/TSV: the record number; Parquet: the row number).
 """
 
@@ -160,11 +160,6 @@ def count_rows(path: Path, columns: Sequence[str] | None = None) -> int:
     if kind == "parquet":
         return _parquet_file(path).metadata.num_rows
     return sum(1 for _ in iter_delimited(path, columns, "\t" if kind == "tsv" else ","))
-
-
-def read_rows(path: Path, columns: Sequence[str] | None = None) -> list[Row]:
-    """All rows of a data file (small files; large ones: ``iter_rows``)."""
-    return list(iter_rows(path, columns))
 
 
 def read_jsonl(path: Path) -> list[Row]:

@@ -15,6 +15,8 @@ from .sources import RowSource, hub_sources, local_sources
 SPLIT_SEED = 42
 LARGE_DEV_SIZE = 1000
 SCAN_ROWS = 65_536  # rows of the plan turned into Python at a time
+CHUNK_ROWS = 4096  # rows read, checked and encoded together
+CHECKED_ROWS = 20  # rows of each split `pipeline validate` runs through templates and labels
 
 
 def row_indices(values: Any, rows: int) -> Any:
@@ -160,10 +162,6 @@ def load_task_splits(
         for position, row in zip(positions.tolist(), rows, strict=True):
             out[split][position] = row
     return {split: (out[split], plan.source(split)) for split in plan.order}
-
-
-CHUNK_ROWS = 4096  # rows read, checked and encoded together
-CHECKED_ROWS = 20  # rows of each split `pipeline validate` runs through templates and labels
 
 
 def check_task_data(
