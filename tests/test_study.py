@@ -14,7 +14,7 @@ from scipy.stats import binomtest
 
 from pipeline.cli import main
 from pipeline.methods import adept_params, adept_rank
-from pipeline.study.plan import load_study
+from pipeline.study.plan import load_study, plan_grid
 from pipeline.study.report import other_metrics_table
 from tests.helpers import REPO, write_config
 
@@ -198,9 +198,11 @@ def test_rerun_is_served_from_cache(finished_study) -> None:
         assert " train     cached" in text and " evaluate  cached" in text, log.name
 
 
-def test_report_only_renders_without_running_jobs(finished_study, tmp_path, tiny_model_dir):
+def test_report_only_renders_without_running_jobs(
+    finished_study, tmp_path, tiny_model_dir, capsys
+) -> None:
     """--report-only re-renders from the jobs' outputs and starts no job (no log is touched);
-    without outputs it fails naming the missing file."""
+    without outputs it fails naming every unfinished job and writes no report."""
     path, tmp = finished_study
     logs = {p: p.stat().st_mtime_ns for p in (tmp / "runs/tiny_study/logs").iterdir()}
     before = json.loads((tmp / "reports/tiny_study/results.json").read_text())["results"]
@@ -211,7 +213,13 @@ def test_report_only_renders_without_running_jobs(finished_study, tmp_path, tiny
     report = (tmp / "reports/tiny_study/report.md").read_text()
     assert "saved outputs (`--report-only`)" in report and "job(s) at a time" not in report
     fresh = write_study(tmp_path, tiny_model_dir)
+    capsys.readouterr()
     assert main(["compare", str(fresh), "--report-only"]) == 2
+    error = capsys.readouterr().err
+    study, _ = load_study(fresh)
+    grid = plan_grid(study)
+    assert f"--report-only: {len(grid)} of {len(grid)} grid job(s) have not finished" in error
+    assert all(job.key in error for job in grid), error
     assert not (tmp_path / "reports").exists()
 
 

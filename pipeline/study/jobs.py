@@ -11,7 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from ..launch.commands import pipeline_command, shell_join, threads_env
-from .plan import Job, StudyConfig, load_study, plan_grid, plan_seeds, select
+from .plan import Job, StudyConfig, finished, load_study, plan_grid, plan_seeds, select
 from .report import write_report
 
 log = logging.getLogger(__name__)
@@ -47,6 +47,18 @@ def run_jobs(study: StudyConfig, base: Path, jobs: list[Job], phase: str) -> Non
         raise StudyError(f"{len(failed)} {phase} job(s) failed: " + "; ".join(failed))
 
 
+def require_finished(study: StudyConfig, jobs: list[Job], phase: str, path: os.PathLike) -> None:
+    """``--report-only`` renders saved outputs: name every job that has none yet, and how to
+    finish them, instead of failing on the first missing file."""
+    unfinished = [job.key for job in jobs if not finished(study, job)]
+    if unfinished:
+        raise StudyError(
+            f"--report-only: {len(unfinished)} of {len(jobs)} {phase} job(s) have not finished "
+            f"({', '.join(unfinished)}); `pipeline compare {path}` runs them (finished stages "
+            "are cached)"
+        )
+
+
 def by_cost(jobs: list[Job], study: StudyConfig) -> list[Job]:
     """Longest tasks first (task order in the study file is cheapest first by convention)."""
     order = {task: i for i, task in enumerate(study.tasks)}
@@ -73,9 +85,14 @@ def compare(
         seed_jobs = len(study.tasks) * len(study.methods) * len(study.seeds)
         print(f"# {len(grid)} grid jobs, then {seed_jobs} seed jobs at the selected points")
         return Path(study.report_dir) / study.name
-    if not report_only:
-        run_jobs(study, base, by_cost(grid, study), "grid")
+
+    def run_phase(jobs: list[Job], phase: str) -> None:
+        if report_only:
+            require_finished(study, jobs, phase, path)
+        else:
+            run_jobs(study, base, by_cost(jobs, study), phase)
+
+    run_phase(grid, "grid")
     seeds = plan_seeds(study, select(study, grid))
-    if not report_only:
-        run_jobs(study, base, by_cost(seeds, study), "seeds")
+    run_phase(seeds, "seeds")
     return write_report(study, path, base, grid, seeds, command, ran_jobs=not report_only)

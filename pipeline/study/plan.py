@@ -196,6 +196,12 @@ def run_dir(study: StudyConfig, job: Job) -> Path:
     return study.study_dir / "variants" / job.key
 
 
+def finished(study: StudyConfig, job: Job) -> bool:
+    """Whether ``job``'s last stage has written its result (what the report reads)."""
+    last = "evaluate/metrics.json" if "evaluate" in job.stages else "train/train_summary.json"
+    return (run_dir(study, job) / last).is_file()
+
+
 def dev_score(study: StudyConfig, job: Job) -> float:
     summary_file = run_dir(study, job) / "train" / "train_summary.json"
     summary = json.loads(summary_file.read_text())
