@@ -15,7 +15,7 @@ from scipy.stats import binomtest
 from pipeline.cli import main
 from pipeline.methods import adept_params, adept_rank
 from pipeline.study.plan import load_study, plan_grid
-from pipeline.study.report import other_metrics_table
+from pipeline.study.report import cost_table, other_metrics_table, seed_table
 from tests.helpers import REPO, write_config
 
 METHODS = ("adept", "lora")
@@ -170,6 +170,42 @@ def test_other_metrics_table_reports_macro_f1(tmp_path, tiny_model_dir) -> None:
     assert table[2] == "| task | metric | zero-shot | ADePT | LoRA |" and len(table) == 5
     results["cb"]["methods"] = {m: [{"test_metrics": {"accuracy": 1.0}}] for m in runs}
     assert other_metrics_table(study, results) == []
+
+
+def test_resumed_runs_are_marked_and_left_out_of_the_cost_means(tmp_path, tiny_model_dir):
+    """A run resumed from a checkpoint timed only the steps after it: the per-seed table says
+    so and the cost means leave it out (unless every run of the method resumed)."""
+    study, _ = load_study(write_study(tmp_path, tiny_model_dir))
+
+    def run(seconds: float, peak: float, resumed: int | None) -> dict:
+        return {
+            "test": 0.8,
+            "dev": 0.7,
+            "best_step": 4,
+            "trainable_parameters": 10,
+            "train_seconds_per_step": seconds,
+            "infer_seconds_per_batch": 0.5,
+            "peak_rss_mib": peak,
+            "resumed_from_step": resumed,
+        }
+
+    runs = {
+        "adept": [run(2.0, 900, None), run(9.0, 100, 450)],
+        "lora": [run(3.0, 800, 450), run(5.0, 700, 300)],
+    }
+    results = {"boolq": {"metric": "accuracy", "methods": runs}}
+    costs = cost_table(study, results)
+    assert "| boolq | ADePT | 10 | 2.00 | 0.50 | 900 |" in costs
+    assert "| boolq | LoRA | 10 | 4.00 | 0.50 | 800 |" in costs  # all resumed: all kept
+    assert costs[-1].startswith("3 run(s) resumed from a checkpoint and timed only")
+    seeds = seed_table(study, results)
+    assert (
+        "| boolq | ADePT | 0.800 (0.700, step 4) | 0.800 (0.700, step 4; resumed from step 450) |"
+        in seeds
+    )
+    for record in runs["adept"] + runs["lora"]:
+        record["resumed_from_step"] = None
+    assert "resumed" not in "\n".join(cost_table(study, results) + seed_table(study, results))
 
 
 def test_report_is_logged_to_mlflow(finished_study) -> None:

@@ -65,6 +65,7 @@ def collect(study: StudyConfig, seeds: list[Job]) -> dict[str, Any]:
                 "train_seconds_per_step": train["seconds_per_step"],
                 "infer_seconds_per_batch": timing["adapter_seconds_per_batch"],
                 "peak_rss_mib": train.get("peak_rss_mib"),
+                "resumed_from_step": train.get("resumed_from_step"),
                 "history": [
                     {k: r[k] for k in r if k == "step" or k == "train/loss" or k.startswith("dev/")}
                     for r in history
@@ -208,11 +209,16 @@ def seed_table(study: StudyConfig, results: dict[str, Any]) -> list[str]:
     for task, entry in results.items():
         for method in study.methods:
             cells = [
-                f"{r['test']:.3f} ({r['dev']:.3f}, step {r['best_step']})"
+                f"{r['test']:.3f} ({r['dev']:.3f}, step {r['best_step']}{_resumed(r)})"
                 for r in entry["methods"][method]
             ]
             lines.append(f"| {task} | {method_label(method)} | {' | '.join(cells)} |")
     return lines
+
+
+def _resumed(record: dict[str, Any]) -> str:
+    step = record.get("resumed_from_step")
+    return f"; resumed from step {step}" if step else ""
 
 
 def paired_table(study: StudyConfig, results: dict[str, Any]) -> list[str]:
@@ -254,9 +260,13 @@ def cost_table(study: StudyConfig, results: dict[str, Any]) -> list[str]:
     lines = ["## Cost (mean over seeds; wall seconds and peak RSS on this machine)", ""]
     head = ["task", "method", "trainable params", "train s/step", "test s/batch", "peak MiB"]
     lines += _table(head)
+    resumed = 0
     for task, entry in results.items():
         for method in study.methods:
-            runs = entry["methods"][method]
+            # a resumed run timed and measured only the steps after its checkpoint
+            whole = [r for r in entry["methods"][method] if not r.get("resumed_from_step")]
+            runs = whole or entry["methods"][method]
+            resumed += len(entry["methods"][method]) - len(whole)
             peaks = [r["peak_rss_mib"] for r in runs if r.get("peak_rss_mib")]
             cells = [
                 f"{runs[0]['trainable_parameters']:,}",
@@ -265,6 +275,13 @@ def cost_table(study: StudyConfig, results: dict[str, Any]) -> list[str]:
                 f"{max(peaks):,.0f}" if peaks else "n/a",
             ]
             lines.append(f"| {task} | {method_label(method)} | {' | '.join(cells)} |")
+    if resumed:
+        lines += [
+            "",
+            f"{resumed} run(s) resumed from a checkpoint and timed only the steps after it; "
+            "the train s/step and peak MiB means leave them out, except for a method whose "
+            "every run resumed.",
+        ]
     return lines
 
 
