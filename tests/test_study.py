@@ -8,6 +8,7 @@ import statistics
 from pathlib import Path
 
 import mlflow
+import numpy as np
 import pytest
 import yaml
 from scipy.stats import binomtest
@@ -16,6 +17,7 @@ from pipeline.cli import main
 from pipeline.methods import adept_params, adept_rank
 from pipeline.study.plan import load_study, plan_grid
 from pipeline.study.report import cost_table, other_metrics_table, seed_table
+from pipeline.study.stats import paired_difference
 from tests.helpers import REPO, write_config
 
 METHODS = ("adept", "lora")
@@ -132,6 +134,7 @@ def test_selection_seeds_and_report(finished_study) -> None:
     exact = binomtest(paired["only_a_right"], discordant, 0.5).pvalue if discordant else 1.0
     assert paired["mcnemar_p"] == pytest.approx(exact, rel=1e-9)
     assert paired["pairs"] == 12 * len(SEEDS)
+    assert f"boolq ADePT − LoRA p = {paired['row_flip_p']:.3g}" in report  # rows as units
     # the bootstrap interval of a mean difference is close to the normal one, ±1.96 standard errors
     se = paired_standard_error(tmp, boolq)
     low, high = paired["difference"] - 1.96 * se, paired["difference"] + 1.96 * se
@@ -152,6 +155,22 @@ def test_selection_seeds_and_report(finished_study) -> None:
     assert "## Other test metrics" not in report  # BoolQ is scored by accuracy alone
     for png in ("bars.png", "curves.png"):
         assert (tmp / "reports/tiny_study" / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_row_flip_p_counts_rows_not_repeated_pairs() -> None:
+    """Seeds that repeat the same per-row outcome add no evidence with rows as the units: the
+    sign-flip p stays that of one seed while McNemar's pooled p shrinks. On one seed it agrees
+    with McNemar's exact p (both test the same swap); with no difference it is 1."""
+    rng = np.random.default_rng(7)
+    a = (rng.random(400) < 0.85).astype(np.int8)
+    b = a.copy()
+    b[:30], a[30:45] = 1 - a[:30], 1 - b[30:45]  # ~30 rows only A right, ~15 only B right
+    one = paired_difference([a], [b])
+    five = paired_difference([a] * 5, [b] * 5)
+    assert five["row_flip_p"] == one["row_flip_p"] and five["difference"] == one["difference"]
+    assert five["mcnemar_p"] < one["mcnemar_p"] / 10
+    assert one["row_flip_p"] == pytest.approx(one["mcnemar_p"], abs=0.02)
+    assert paired_difference([a] * 3, [a] * 3)["row_flip_p"] == 1.0
 
 
 def test_other_metrics_table_reports_macro_f1(tmp_path, tiny_model_dir) -> None:

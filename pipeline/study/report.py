@@ -16,6 +16,7 @@ from ..util.files import atomic_directory
 from .plan import Job, StudyConfig, dev_score, method_label, run_dir
 from .plots import plot_bars, plot_curves
 from .stats import (
+    FLIP_SAMPLES,
     correct_rows,
     from_bits,
     mean_spread,
@@ -228,7 +229,7 @@ def paired_table(study: StudyConfig, results: dict[str, Any]) -> list[str]:
     lines += _table(
         ["task", "comparison", "difference", "bootstrap 95% interval", "McNemar p", "discordant"]
     )
-    per_seed = []
+    per_seed, by_rows = [], []
     for task, entry in results.items():
         for c in entry.get("paired", []):
             label = f"{method_label(c['a'])} − {method_label(c['b'])}"
@@ -237,6 +238,18 @@ def paired_table(study: StudyConfig, results: dict[str, Any]) -> list[str]:
                 f"| {task} | {label} | {one['seed']} | {_paired_cells(one)} |"
                 for one in c.get("per_seed", [])
             ]
+            if "row_flip_p" in c and c["seeds"] > 1:
+                by_rows.append(f"{task} {label} p = {c['row_flip_p']:.3g}")
+    if by_rows:
+        lines += [
+            "",
+            "Pooled, each test row appears once per seed and its pairs are not independent: "
+            "the bootstrap resamples rows with all their seeds, McNemar's p treats every pair "
+            "as independent (too small when a row stays right or wrong across seeds). With rows "
+            f"as the units (sign-flip randomisation, {FLIP_SAMPLES:,} flips): "
+            + "; ".join(by_rows)
+            + ".",
+        ]
     if per_seed:
         lines += ["", "## Paired differences per seed", ""]
         head = ["task", "comparison", "seed", "difference", "bootstrap 95% interval", "McNemar p"]

@@ -2,8 +2,11 @@
 
 Seed k of method A is paired with seed k of method B: both scored every test row, so each
 (seed, row) is one paired observation of "A right?" and "B right?". The difference of accuracies
-gets a percentile bootstrap 95% interval (rows resampled, with their seeds), and McNemar's exact
-test (two-sided binomial on the discordant pairs) its p-value.
+gets a percentile bootstrap 95% interval (rows resampled, with their seeds), McNemar's exact
+test (two-sided binomial on the discordant pairs) and a sign-flip randomisation p with the rows as
+units. With seeds pooled, a row appears once per seed and those pairs are not independent (a row
+one method gets right tends to stay right across seeds): McNemar's pooled p treats them as
+independent and is too small then; the bootstrap interval and the row sign-flip p do not.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import numpy as np
 
 BOOTSTRAP_SAMPLES = 10_000
 BOOTSTRAP_SEED = 0
+FLIP_SAMPLES = 10_000
 
 
 def correct_rows(predictions: Path) -> np.ndarray:
@@ -51,9 +55,23 @@ def mcnemar_p(only_a: int, only_b: int) -> float:
     return min(1.0, 2 * tail)
 
 
+def row_flip_p(diff: np.ndarray) -> float:
+    """Two-sided randomisation p of the mean of ``diff`` (seeds, rows) with rows as the units:
+    with no difference between the methods, swapping A and B on a row (all its seeds at once)
+    changes nothing, so each row's mean difference is as likely negated as not."""
+    per_row = diff.mean(axis=0)
+    observed = abs(per_row.mean())
+    rng = np.random.default_rng(BOOTSTRAP_SEED)
+    signs = rng.choice(np.array([-1.0, 1.0], dtype=np.float32), size=(FLIP_SAMPLES, per_row.size))
+    flipped = np.abs(signs @ per_row.astype(np.float32)) / per_row.size
+    extreme = np.count_nonzero(flipped >= observed - 1e-9)  # float32 ties count as extreme
+    return float((1 + extreme) / (1 + FLIP_SAMPLES))
+
+
 def paired_difference(a: list[np.ndarray], b: list[np.ndarray]) -> dict[str, Any]:
-    """Accuracy of A − accuracy of B over the paired seeds, its bootstrap 95% interval and
-    McNemar's p. ``a[k]`` and ``b[k]``: per-row correctness of seed k on the same rows."""
+    """Accuracy of A − accuracy of B over the paired seeds, its bootstrap 95% interval,
+    McNemar's p and the row sign-flip p. ``a[k]`` and ``b[k]``: per-row correctness of seed k
+    on the same rows."""
     if len(a) != len(b) or any(x.shape != y.shape for x, y in zip(a, b, strict=True)):
         raise ValueError("paired comparison needs the same seeds and test rows for both methods")
     left, right = np.stack(a), np.stack(b)  # (seeds, rows)
@@ -71,6 +89,7 @@ def paired_difference(a: list[np.ndarray], b: list[np.ndarray]) -> dict[str, Any
         "difference": float(diff.mean()),
         "ci95": [float(low), float(high)],
         "mcnemar_p": mcnemar_p(only_a, only_b),
+        "row_flip_p": row_flip_p(diff),
         "only_a_right": only_a,
         "only_b_right": only_b,
         "pairs": int(diff.size),
