@@ -17,7 +17,7 @@ from pipeline.cli import main
 from pipeline.methods import adept_params, adept_rank
 from pipeline.study.plan import load_study, plan_grid
 from pipeline.study.report import cost_table, other_metrics_table, seed_table
-from pipeline.study.stats import paired_difference
+from pipeline.study.stats import from_bits, paired_difference
 from tests.helpers import REPO, write_config
 
 METHODS = ("adept", "lora")
@@ -276,6 +276,34 @@ def test_report_only_renders_without_running_jobs(
     assert f"--report-only: {len(grid)} of {len(grid)} grid job(s) have not finished" in error
     assert all(job.key in error for job in grid), error
     assert not (tmp_path / "reports").exists()
+
+
+COMMITTED_WITH_ROWS = sorted(  # reports whose results.json keeps per-row test correctness
+    p.parent.name
+    for p in (REPO / "reports").glob("study_*/results.json")
+    if '"test_correct"' in p.read_text()
+)
+
+
+@pytest.mark.parametrize("report", COMMITTED_WITH_ROWS)
+def test_committed_paired_statistics_recompute_from_the_stored_rows(report) -> None:
+    """Every paired statistic in a committed report (pooled and per seed, the row sign-flip p
+    included) is what the current code computes from the per-row correctness stored beside it."""
+    results = json.loads((REPO / "reports" / report / "results.json").read_text())["results"]
+    for entry in results.values():
+        rows = {
+            method: {run["seed"]: from_bits(run["test_correct"]) for run in runs}
+            for method, runs in entry["methods"].items()
+        }
+        assert entry["paired"]
+        for c in entry["paired"]:
+            a, b = rows[c["a"]], rows[c["b"]]
+            seeds = sorted(a)
+            pooled = paired_difference([a[s] for s in seeds], [b[s] for s in seeds])
+            assert pooled == {k: v for k, v in c.items() if k not in ("a", "b", "per_seed")}
+            for one in c["per_seed"]:
+                alone = paired_difference([a[one["seed"]]], [b[one["seed"]]])
+                assert alone == {k: v for k, v in one.items() if k != "seed"}
 
 
 @pytest.mark.parametrize("report", sorted(p.name for p in (REPO / "reports").glob("study_*")))

@@ -30,6 +30,8 @@ log = logging.getLogger(__name__)
 
 TRAIN_STAGES = ("tokenize", "shard", "train")
 TEST_STAGES = (*TRAIN_STAGES, "evaluate")
+TRAIN_SUMMARY = Path("train", "train_summary.json")  # a job's outputs the study reads
+TEST_METRICS = Path("evaluate", "metrics.json")
 
 
 class StudyConfig(BaseModel):
@@ -198,13 +200,12 @@ def run_dir(study: StudyConfig, job: Job) -> Path:
 
 def finished(study: StudyConfig, job: Job) -> bool:
     """Whether ``job``'s last stage has written its result (what the report reads)."""
-    last = "evaluate/metrics.json" if "evaluate" in job.stages else "train/train_summary.json"
+    last = TEST_METRICS if "evaluate" in job.stages else TRAIN_SUMMARY
     return (run_dir(study, job) / last).is_file()
 
 
 def dev_score(study: StudyConfig, job: Job) -> float:
-    summary_file = run_dir(study, job) / "train" / "train_summary.json"
-    summary = json.loads(summary_file.read_text())
+    summary = json.loads((run_dir(study, job) / TRAIN_SUMMARY).read_text())
     return next(v for k, v in summary.items() if k.startswith("best_dev_"))
 
 

@@ -13,7 +13,15 @@ from ..core.config import load_config
 from ..tasks import get_task
 from ..tracking.tracker import git_commit, tracking_uri
 from ..util.files import atomic_directory
-from .plan import Job, StudyConfig, dev_score, method_label, run_dir
+from .plan import (
+    TEST_METRICS,
+    TRAIN_SUMMARY,
+    Job,
+    StudyConfig,
+    dev_score,
+    method_label,
+    run_dir,
+)
 from .plots import plot_bars, plot_curves
 from .stats import (
     FLIP_SAMPLES,
@@ -36,8 +44,8 @@ def collect(study: StudyConfig, seeds: list[Job]) -> dict[str, Any]:
         task = get_task(job.task)
         metric = task.selection_metric
         root = run_dir(study, job)
-        train = _read_json(root / "train" / "train_summary.json")
-        test = _read_json(root / "evaluate" / "metrics.json")
+        train = _read_json(root / TRAIN_SUMMARY)
+        test = _read_json(root / TEST_METRICS)
         timing = _read_json(root / "evaluate" / "timing.json")
         correct = correct_rows(root / "evaluate" / "predictions.jsonl")
         history = [

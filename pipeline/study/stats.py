@@ -58,13 +58,12 @@ def mcnemar_p(only_a: int, only_b: int) -> float:
 def row_flip_p(diff: np.ndarray) -> float:
     """Two-sided randomisation p of the mean of ``diff`` (seeds, rows) with rows as the units:
     with no difference between the methods, swapping A and B on a row (all its seeds at once)
-    changes nothing, so each row's mean difference is as likely negated as not."""
-    per_row = diff.mean(axis=0)
-    observed = abs(per_row.mean())
+    changes nothing, so each row's summed difference is as likely negated as not. Integer sums:
+    ties with the observed value are exact."""
+    per_row = np.rint(diff.sum(axis=0)).astype(np.int32)  # -seeds..seeds
     rng = np.random.default_rng(BOOTSTRAP_SEED)
-    signs = rng.choice(np.array([-1.0, 1.0], dtype=np.float32), size=(FLIP_SAMPLES, per_row.size))
-    flipped = np.abs(signs @ per_row.astype(np.float32)) / per_row.size
-    extreme = np.count_nonzero(flipped >= observed - 1e-9)  # float32 ties count as extreme
+    signs = rng.choice(np.array([-1, 1], dtype=np.int32), size=(FLIP_SAMPLES, per_row.size))
+    extreme = np.count_nonzero(np.abs(signs @ per_row) >= abs(int(per_row.sum())))
     return float((1 + extreme) / (1 + FLIP_SAMPLES))
 
 
