@@ -40,6 +40,7 @@ KNOWN_ERRORS = (  # (module, class): they end a command with one `error:` line a
     ("pipeline.util.locks", "LockHeld"),
     ("pipeline.launch.commands", "LaunchError"),
     ("pipeline.tasks.readers", "DataError"),
+    ("pipeline.tasks.parallel", "WorkerDied"),
     ("pipeline.engine.models", "ModelLoadError"),
     ("pipeline.methods.base", "BudgetError"),
 )

@@ -14,6 +14,7 @@ already is a rank.
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import logging
@@ -35,10 +36,19 @@ from .engine.models import cache_dir
 from .launch.commands import distributed_stage_command, rank_env
 from .launch.signals import Preempted, clear_marker, raise_if_marked, run_forwarding_signals
 from .launch.slurm import NodeFailures
-from .tracking.tracker import Tracker, check_reachable, redact, tracking_uri
-from .util.files import MANIFEST, checksum_tree, ensure_writable, read_json, write_json_atomic
+from .tracking.tracker import Tracker, check_reachable, tracking_uri
+from .util.files import (
+    MANIFEST,
+    checksum_tree,
+    disk_full,
+    ensure_writable,
+    read_json,
+    tree_bytes,
+    write_json_atomic,
+)
 from .util.locks import BlockingLock, RunLock
 from .util.ranks import dist_env, is_distributed_launch
+from .util.secrets import redact
 
 log = logging.getLogger(__name__)
 
@@ -131,9 +141,12 @@ class Runner:
         try:
             if stage.distributed or rank == 0:  # other stages run on rank 0; the rest wait
                 summary = stage.run(self.context) or {}
-        except BaseException:
+        except BaseException as exc:
+            written = tree_bytes(work) if rank == 0 else 0
             if rank == 0:
                 shutil.rmtree(work, ignore_errors=True)
+            if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+                raise disk_full(stage.name, work, written) from None
             raise
         seconds = time.perf_counter() - start
         if rank == 0:

@@ -127,7 +127,7 @@ def validate_command(args: argparse.Namespace) -> int:
     from .engine.hardware import configure_threads
     from .engine.planning import plan
     from .runner import Runner
-    from .tracking.tracker import redact
+    from .util.secrets import redact
 
     configure_threads()  # as the run will: the estimate times these threads
     check_local_model(config.model.source)

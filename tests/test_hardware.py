@@ -108,12 +108,16 @@ def test_bf16_probe_is_measured_once_per_machine_and_cached(tmp_path, monkeypatc
 
 def test_the_real_matmul_probe_measures_this_cpu() -> None:
     """On this machine: bf16 is at least 1.5x slower than fp32 exactly when the CPU lacks
-    native bf16 (the rule that decides whether a forced bf16 is warned about)."""
+    native bf16 (the rule that decides whether a forced bf16 is warned about); where PyTorch
+    cannot tell (ARM) the probe decides, and either side of the threshold is possible."""
     ratio = hardware._time_matmul(torch.bfloat16) / hardware._time_matmul(torch.float32)
-    if hardware.cpu_has_native_bf16() is False:
-        assert ratio > 1.5, ratio
+    native = hardware.cpu_has_native_bf16()
+    if native is False:
+        assert ratio > hardware.BF16_SLOW_RATIO, ratio
+    elif native is True:
+        assert ratio < hardware.BF16_SLOW_RATIO, ratio
     else:
-        assert ratio < 20, ratio
+        pytest.skip(f"no verdict from PyTorch's CPU report; the probe measured {ratio:.2f}x")
 
 
 def test_resolved_dtype_is_part_of_the_stage_keys_and_config(tmp_path, tiny_model_dir, monkeypatch):

@@ -81,7 +81,11 @@ def test_a_malformed_call_is_named_kept_and_not_sent_again(
     ]
 
 
-def test_the_journal_is_compacted_and_still_skips_repeated_steps(server, run_id, tmp_path):
+def test_the_journal_is_compacted_and_still_skips_repeated_steps_over_three_starts(
+    server, run_id, tmp_path
+):
+    """The second start compacts the journal to one ``steps`` line; a resume that only repeats
+    steps leaves that line the journal's sole memory of them, which the third start must read."""
     uri, store = server
     first = Outbox(tmp_path, uri, run_id, retry_seconds=0.02)
     log_steps(first, range(1, 6))
@@ -92,8 +96,11 @@ def test_the_journal_is_compacted_and_still_skips_repeated_steps(server, run_id,
     assert [(e["op"], e["steps"]) for e in lines] == [
         ("steps", [["train:key:attempt", "train/loss", 5]])
     ]
-    log_steps(again, [3, 4, 5, 6])  # 3-5 were logged before the checkpoint: not again
+    log_steps(again, [3, 4, 5])  # logged before the checkpoint: not again
     assert again.close("FINISHED", timeout=60) == 0
+    third = Outbox(tmp_path, uri, run_id, retry_seconds=0.02)  # a second resume
+    log_steps(third, [4, 5, 6])  # 4-5 are known from the compacted line alone
+    assert third.close("FINISHED", timeout=60) == 0
     assert received_points(store, run_id, "train.loss") == [(s, float(s)) for s in range(1, 7)]
 
 

@@ -32,9 +32,90 @@ STAGE_NAMES = ["tokenize", "shard", "train", "evaluate", "export"]
 @pytest.fixture(scope="module")
 def finished_run(tmp_path_factory, tiny_model_dir):
     tmp = tmp_path_factory.mktemp("pipeline")
-    config = write_config(tmp, tiny_model_dir)
+    config = write_config(tmp, tiny_model_dir, task={"dev_limit": DEV_ROWS})  # dev ≠ test rows
     assert main(["run", str(config)]) == 0
     return config, tmp / "runs" / "tiny"
+
+
+DEV_ROWS = 10  # the test split has 12: a metric computed on the wrong split shows
+
+
+def bare_base_predictions(run, split: str) -> tuple[list[int], list[int]]:
+    """(predicted, gold) per row of a tokenized split, scored by the plain transformers base
+    model the run names (no adapter, no pipeline scoring code): each choice's summed
+    log-probability after the context, one row and choice at a time."""
+    import datasets
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    resolved = json.loads((run / "config.resolved.json").read_text())
+    base = AutoModelForCausalLM.from_pretrained(resolved["model"]["source"]).eval()
+    rows = datasets.load_from_disk(str(run / "tokenize" / split))
+    predicted = []
+    for context, choices in zip(rows["context_ids"], rows["choice_ids"], strict=True):
+        scores = []
+        for choice in choices:
+            ids = torch.tensor([context + choice])
+            with torch.no_grad():
+                logprobs = base(ids).logits[0, :-1].log_softmax(-1)
+            targets = ids[0, len(context) :]
+            scores.append(logprobs[len(context) - 1 :].gather(1, targets[:, None]).sum().item())
+        predicted.append(max(range(len(scores)), key=scores.__getitem__))
+    return predicted, list(rows["label"])
+
+
+def bare_base_accuracy(run, split: str) -> float:
+    predicted, gold = bare_base_predictions(run, split)
+    return sum(p == g for p, g in zip(predicted, gold, strict=True)) / len(gold)
+
+
+def test_zero_shot_is_the_bare_base_model_and_not_the_adapter(finished_run) -> None:
+    """Zero-shot's test accuracy is the base model's alone, recomputed with plain transformers;
+    the trained adapter predicts differently on these rows (so an evaluate that scored
+    zero-shot with the adapter on would fail here)."""
+    _, run = finished_run
+    metrics = json.loads((run / "evaluate" / "metrics.json").read_text())
+    predicted, _ = bare_base_predictions(run, "test")
+    assert metrics["zero_shot"]["accuracy"] == bare_base_accuracy(run, "test")
+    assert metrics["zero_shot"]["accuracy"] != metrics["adapter"]["accuracy"]
+    lines = (run / "evaluate" / "predictions.jsonl").read_text().splitlines()
+    adapter = [json.loads(x)["predicted"] for x in lines]
+    assert adapter != predicted
+
+
+def padding_of_shards(run) -> float:
+    """Padded share of the token slots of the train batches in the shard stage's own
+    ``shards.npy`` (one rank), each batch padded to its longest row: context + gold answer."""
+    import datasets
+    import numpy as np
+
+    train = datasets.load_from_disk(str(run / "tokenize" / "train"))
+    lengths = [
+        len(context) + len(choices[label])
+        for context, choices, label in zip(
+            train["context_ids"], train["choice_ids"], train["label"], strict=True
+        )
+    ]
+    [order] = np.load(run / "shard" / "shards.npy")
+    batch = json.loads((run / "shard" / "shards.json").read_text())["batch_size"]
+    slots = padded = 0
+    for start in range(0, len(order), batch):
+        rows = [lengths[i] for i in order[start : start + batch]]
+        slots += max(rows) * len(rows)
+        padded += max(rows) * len(rows) - sum(rows)
+    return padded / slots
+
+
+def test_length_grouping_reaches_the_shard_stage(tmp_path, tiny_model_dir) -> None:
+    """The stage's own shards.npy with ``group_by_length`` pads far less than the same rows in
+    plain shuffled order (BoolQ's passages vary in length)."""
+    config = write_config(tmp_path, tiny_model_dir, task={"train_limit": 400, "max_length": 256})
+    run = tmp_path / "runs" / "tiny"
+    assert main(["run", str(config), "--stages", "tokenize,shard"]) == 0
+    plain = padding_of_shards(run)
+    grouped = ["--set", "train.group_by_length=true"]
+    assert main(["run", str(config), "--stages", "shard", *grouped]) == 0
+    assert padding_of_shards(run) < plain / 3, (padding_of_shards(run), plain)
 
 
 def statuses(capsys) -> dict[str, str]:
@@ -55,7 +136,7 @@ def test_all_stages_write_outputs_and_manifests(finished_run) -> None:
     for split in ("train", "dev", "test"):
         assert (run / "tokenize" / split / "dataset_info.json").is_file()
     stats = json.loads((run / "tokenize" / "stats.json").read_text())
-    assert (stats["train"]["rows"], stats["dev"]["rows"], stats["test"]["rows"]) == (32, 12, 12)
+    assert (stats["train"]["rows"], stats["dev"]["rows"], stats["test"]["rows"]) == (32, 10, 12)
     assert sorted(read_shard(run / "shard", 0, 1).tolist()) == list(range(32))
     history = [json.loads(x) for x in (run / "train" / "history.jsonl").read_text().splitlines()]
     assert [h["step"] for h in history] == [1, 2, 3, 4]
@@ -69,8 +150,7 @@ def test_all_stages_write_outputs_and_manifests(finished_run) -> None:
     metrics = json.loads((run / "evaluate" / "metrics.json").read_text())
     assert metrics["rows"] == 12
     assert_accuracy_is_its_predictions(run)
-    dev_correct = metrics["dev_zero_shot"]["accuracy"] * 12  # the base model on the 12 dev rows
-    assert abs(dev_correct - round(dev_correct)) < 1e-9
+    assert metrics["dev_zero_shot"]["accuracy"] == bare_base_accuracy(run, "dev")
     timing = json.loads((run / "evaluate" / "timing.json").read_text())
     assert timing["peak_rss_mib"] > 100  # torch + the tiny model: a real process measurement
     predictions = (run / "evaluate" / "predictions.jsonl").read_text().splitlines()

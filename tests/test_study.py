@@ -157,6 +157,24 @@ def test_selection_seeds_and_report(finished_study) -> None:
         assert (tmp / "reports/tiny_study" / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_the_bootstrap_interval_is_a_95_percent_one() -> None:
+    """Against scipy's percentile bootstrap of the same per-row differences (its own resamples):
+    the ends agree within 0.15 standard errors, where a 90% interval would be 0.32 off."""
+    from scipy.stats import bootstrap
+
+    rng = np.random.default_rng(7)
+    a = [(rng.random(2_000) < 0.80).astype(np.int8) for _ in range(3)]
+    b = [(rng.random(2_000) < 0.77).astype(np.int8) for _ in range(3)]
+    ours = paired_difference(a, b)
+    per_row = (np.stack(a).astype(float) - np.stack(b)).mean(axis=0)
+    theirs = bootstrap(
+        (per_row,), np.mean, n_resamples=10_000, method="percentile", random_state=1
+    ).confidence_interval
+    se = per_row.std() / len(per_row) ** 0.5
+    assert ours["ci95"] == pytest.approx([theirs.low, theirs.high], abs=0.15 * se)
+    assert ours["ci95"][1] - ours["ci95"][0] == pytest.approx(2 * 1.96 * se, rel=0.05)
+
+
 def test_row_flip_p_counts_rows_not_repeated_pairs() -> None:
     """Seeds that repeat the same per-row outcome add no evidence with rows as the units: the
     sign-flip p stays that of one seed while McNemar's pooled p shrinks. On one seed it agrees

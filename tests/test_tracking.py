@@ -163,7 +163,7 @@ def test_unreachable_server_fails_fast(tmp_path, tiny_model_dir, capsys, monkeyp
 def test_redaction_hides_secrets_not_sizes() -> None:
     """Secret-named values and URI credentials are hidden; a key that merely contains a secret
     word (num_virtual_tokens, budget_tokens) is a size and stays visible in params and prints."""
-    from pipeline.tracking.tracker import redact
+    from pipeline.util.secrets import redact
 
     config = {
         "model": {"hub_token": "hf_abc", "source": "x"},

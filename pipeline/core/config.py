@@ -24,8 +24,10 @@ from pydantic import (
     model_validator,
 )
 
+from ..util.secrets import scrub
 from .section import Section
 from .task_section import TaskSection, task_file_beside
+from .tracking_section import TrackingSection
 from .yaml_files import (
     ConfigError,
     apply_overrides,
@@ -141,32 +143,7 @@ class DistributedSection(Section):
         return self.nproc_per_node * self.nnodes
 
 
-TRACKING_SCHEMES = ("http", "https", "sqlite", "postgresql", "mysql", "mssql", "file", "databricks")
 ALIAS_RULE = re.compile(r"^[\w\-]{1,255}$")  # MLflow's own rule for registered-model aliases
-
-
-class TrackingSection(Section):
-    uri: str | None = Field(None, description="MLflow URI; default sqlite under the run dir.")
-    experiment: str = "adept"
-    retry_seconds: float = Field(
-        5.0, gt=0, description="While the server is down, how often the sender tries again."
-    )
-    flush_timeout_s: float = Field(
-        60.0,
-        ge=0,
-        description="At the end of a run, how long to wait for tracking calls still queued; "
-        "what is left is sent by the next `pipeline run` of the same run directory.",
-    )
-
-    @field_validator("uri")
-    @classmethod
-    def _known_scheme(cls, value: str | None) -> str | None:
-        scheme = value.split("://", 1)[0].split("+")[0] if value and "://" in value else None
-        if scheme is not None and scheme not in TRACKING_SCHEMES:
-            raise ValueError(
-                f"unsupported scheme {scheme!r}: MLflow takes {', '.join(TRACKING_SCHEMES)} URIs"
-            )
-        return value
 
 
 class ExportSection(Section):
@@ -396,5 +373,5 @@ def load_config(
     data = apply_overrides(data, overrides or [])
     try:
         return PipelineConfig.model_validate(data)
-    except ValidationError as exc:
-        raise ConfigError(format_validation_error(exc, str(path))) from None
+    except ValidationError as exc:  # a secret's value never shows, whatever its type
+        raise ConfigError(scrub(format_validation_error(exc, str(path)), data)) from None

@@ -13,6 +13,7 @@ import yaml
 from pydantic import ValidationError
 
 from ..util.errors import KeyPathError
+from ..util.secrets import REDACTED, is_secret_key
 from ..util.strict_yaml import load_yaml
 
 # keys that moved: the error for the old key names the new one
@@ -43,6 +44,8 @@ def parse_override(item: str) -> tuple[list[str], Any]:
     key, raw = item.split("=", 1)
     if not key.strip():
         raise ConfigError(f"--set {item!r}: empty key")
+    if any(is_secret_key(part) for part in key.split(".")):
+        item = f"{key}={REDACTED}"  # what an error below shows of it
     try:
         value = load_yaml(raw) if raw.strip() else None
     except yaml.YAMLError as exc:

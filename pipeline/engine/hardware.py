@@ -79,6 +79,9 @@ def describe_machine() -> dict[str, Any]:
     return described
 
 
+BF16_SLOW_RATIO = 1.5  # bf16 matmul this many times fp32's time or more: warned about
+
+
 def cpu_has_native_bf16() -> bool | None:
     """True/False when PyTorch's report settles it; None when only the probe can tell (ARM)."""
     caps = cpu_capabilities()
@@ -146,7 +149,7 @@ def resolve_precision(requested: str, cache: Path | None = None) -> Precision:
         )
     if requested == "bfloat16" and not cpu_has_native_bf16():
         ratio = bf16_slowdown(cache)
-        if ratio > 1.5:
+        if ratio > BF16_SLOW_RATIO:
             warning = (
                 f"model.dtype: {requested} on a CPU without native bf16 ({cpu_isa()}): a bf16 "
                 f"matmul runs {ratio:g}x slower than fp32 here; use dtype: auto (fp32 on this CPU)"

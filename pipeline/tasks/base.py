@@ -8,20 +8,19 @@ inline). Templates are ``str.format`` strings over the row's fields; the rare co
 
 from __future__ import annotations
 
-import functools
-import string
 from collections.abc import Sequence
 from functools import cached_property
 from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
+from .labels import FieldNames, Label, label_key
 from .readers import DataError, require_fields, require_text
 from .sources import DataFile, Hub, Strict
+from .templates import format_fields, jinja, row_error
 
 Row = dict[str, Any]
 ID_FIELDS = ("id", "idx", "guid", "qid")  # kept with predictions when a row has one
-FieldNames = str | list[str]
 
 
 def first_present(row: Row, names: FieldNames) -> Any:
@@ -30,26 +29,6 @@ def first_present(row: Row, names: FieldNames) -> Any:
         if name in row:
             return row[name]
     raise KeyError(names)
-
-
-def label_key(value: Any) -> str:
-    """Label values compare as text: JSON ``true``, TSV ``"True"`` and YAML ``True`` agree."""
-    return str(value).strip()
-
-
-class Label(Strict):
-    field: FieldNames = Field(description="The label's field (the first of a list present).")
-    map: dict[str, int] | None = Field(
-        None, description="Raw value (as text) → choice index; absent: the value is the index."
-    )
-    round: bool = Field(False, description="Round a numeric value to the nearest index.")
-
-    @model_validator(mode="before")
-    @classmethod
-    def _text_keys(cls, data: Any) -> Any:
-        if isinstance(data, dict) and isinstance(data.get("map"), dict):
-            data = {**data, "map": {label_key(k): v for k, v in data["map"].items()}}
-        return data
 
 
 class Task(Strict):
@@ -150,6 +129,12 @@ class Task(Strict):
         outside = {k: v for k, v in (self.label.map or {}).items() if not 0 <= v < len(given)}
         if self.choices and outside:
             raise ValueError(f"label.map: {outside} point outside the {len(given)} choices")
+        targets = set((self.label.map or {}).values())
+        if self.label.map and len(targets) < 2:
+            raise ValueError(
+                f"label.map: every label goes to choice {targets.pop()}: the task would have "
+                "one class (a classification task needs at least two)"
+            )
 
     def _generation_keys(self) -> None:
         if self.target is None:
@@ -169,10 +154,7 @@ class Task(Strict):
     def _check_templates(self) -> None:
         """Every template compiles when the declaration loads: a syntax error names its key."""
         _ = self.template_fields  # str.format syntax ("template: ...")
-        try:
-            targets = {f for _, f, _, _ in string.Formatter().parse(self.target_template) if f}
-        except ValueError as exc:
-            raise ValueError(f"target_template: {exc}") from None
+        targets = set(format_fields("target_template", self.target_template))
         if targets - {"target"}:
             raise ValueError(f"target_template: only {{target}} exists, got {sorted(targets)}")
         for key, text in self.jinja_templates.items():
@@ -225,11 +207,7 @@ class Task(Strict):
 
     @cached_property
     def template_fields(self) -> tuple[str, ...]:
-        try:
-            names = [f for _, f, _, _ in string.Formatter().parse(self.template) if f]
-        except ValueError as exc:
-            raise ValueError(f"template: {exc}") from None
-        return tuple(dict.fromkeys(names))
+        return format_fields("template", self.template)
 
     @cached_property
     def required_fields(self) -> tuple[str, ...]:
@@ -255,6 +233,8 @@ class Task(Strict):
                 f"{source}: line {row.get('_line', '?')}: {key}: {exc.message} (the row's "
                 f"fields: {', '.join(sorted(k for k in row if k != '_line'))})"
             ) from None
+        except Exception as exc:  # the expression itself failed on this row's values
+            raise row_error(key, row, source, exc) from None
 
     @property
     def selection_metric(self) -> str:
@@ -290,8 +270,13 @@ class Task(Strict):
             for name in self.choice_fields
         ]
 
-    def context(self, row: Row) -> str:
-        return self.template.format(**row)
+    def context(self, row: Row, source: str = "row") -> str:
+        """The row through ``template`` (a field whose value its format spec cannot take is a
+        DataError naming the file and line)."""
+        try:
+            return self.template.format(**row)
+        except (ValueError, TypeError, KeyError, IndexError, AttributeError) as exc:
+            raise row_error("template", row, source, exc) from None
 
     def label_of(self, row: Row, source: str) -> int:
         """The row's choice index (DataError naming the file and line when unusable); a
@@ -388,13 +373,3 @@ class Task(Strict):
 
 def _alternatives(names: FieldNames) -> list[str]:
     return [names] if isinstance(names, str) else list(names)
-
-
-@functools.cache
-def jinja() -> Any:
-    """The sandboxed Jinja environment of derived fields and choice templates: a name the row
-    lacks is an error (StrictUndefined), not an empty string."""
-    from jinja2 import StrictUndefined
-    from jinja2.sandbox import ImmutableSandboxedEnvironment
-
-    return ImmutableSandboxedEnvironment(undefined=StrictUndefined)

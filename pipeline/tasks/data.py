@@ -229,7 +229,7 @@ class Encoder:
             written = [json.dumps(self.task.as_written(r), ensure_ascii=False) for r in rows]
             lines = [int(r.get("_line", i + 1)) for i, r in enumerate(rows)]
         rows = [self.task.normalise(r, source, labelled) for r in rows]
-        context_texts = [self.task.context(r) for r in rows]
+        context_texts = [self.task.context(r, source) for r in rows]
         generation = self.task.type == "generation"
         columns = ("context_ids", "choice_ids", "label", "gold", "truncated")
         out: dict[str, list] = {k: [] for k in (*columns, *(["answers"] if generation else []))}

@@ -8,10 +8,12 @@ memory is bounded by the chunk size, not by the data.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import multiprocessing
 import os
 import queue
 import signal
+import sys
 from collections import deque
 from collections.abc import Iterator
 from typing import Any
@@ -23,6 +25,12 @@ from .encoded import record_batch
 
 IN_FLIGHT_PER_WORKER = 2
 KEEP_SOURCE = ("dev", "test")  # splits whose predictions are joined back to the user's file
+PR_SET_PDEATHSIG = 1  # prctl option (linux/prctl.h): a signal sent to us when our parent dies
+PARENT_CHECK_SECONDS = 1.0  # where prctl is missing, an idle worker checks its parent this often
+
+
+class WorkerDied(RuntimeError):
+    """A tokenize worker process ended without handing back its chunk (killed, out of memory)."""
 
 
 def encode_chunk(encoder: Encoder, split: str, rows: list[dict], source: str) -> pa.RecordBatch:
@@ -54,13 +62,41 @@ def one_tokenizer_thread() -> Iterator[None]:
             os.environ["TOKENIZERS_PARALLELISM"] = before
 
 
-def _work(encoder: Encoder, tasks: Any, results: Any) -> None:
+def die_with_parent(parent: int) -> bool:
+    """Have the kernel SIGKILL this process when ``parent`` dies (Linux's PR_SET_PDEATHSIG), so
+    a ``kill -9`` of the run leaves no worker blocked on its queue. False where prctl is not
+    available (the worker then checks its parent while it waits)."""
+    if not sys.platform.startswith("linux"):
+        return False
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
+        return False
+    if os.getppid() != parent:  # the parent died before the request took effect
+        os._exit(1)
+    return True
+
+
+def _next_task(tasks: Any, parent: int, watched_by_kernel: bool) -> Any:
+    """The next task; a worker whose parent is gone exits instead of waiting for ever."""
+    if watched_by_kernel:
+        return tasks.get()
+    while True:
+        try:
+            return tasks.get(timeout=PARENT_CHECK_SECONDS)
+        except queue.Empty:
+            if os.getppid() != parent:
+                os._exit(1)
+
+
+def _work(encoder: Encoder, tasks: Any, results: Any, parent: int) -> None:
     """A worker (started inside ``one_tokenizer_thread``: its tokenizer runs on one thread):
     encode chunks from the task queue until None. It dies on SIGTERM (not by the
-    run's handler it inherited) and leaves Ctrl-C to the main process, which stops it."""
+    run's handler it inherited) and with its parent, and leaves Ctrl-C to the main process,
+    which stops it."""
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    while (task := tasks.get()) is not None:
+    watched = die_with_parent(parent)
+    while (task := _next_task(tasks, parent, watched)) is not None:
         number, chunk = task
         try:
             results.put((number, True, encode_chunk(encoder, *chunk)))
@@ -79,7 +115,9 @@ class Workers:
         context = multiprocessing.get_context(method)
         self.tasks, self.results = context.Queue(), context.Queue()
         self.processes = [
-            context.Process(target=_work, args=(encoder, self.tasks, self.results), daemon=True)
+            context.Process(
+                target=_work, args=(encoder, self.tasks, self.results, os.getpid()), daemon=True
+            )
             for _ in range(count)
         ]
         for process in self.processes:
@@ -99,10 +137,7 @@ class Workers:
             except queue.Empty:
                 dead = [p for p in self.processes if not p.is_alive()]
                 if dead:
-                    raise RuntimeError(
-                        f"a tokenize worker (pid {dead[0].pid}) died with exit code "
-                        f"{dead[0].exitcode}"
-                    ) from None
+                    raise WorkerDied(_death_notice(dead[0].pid, dead[0].exitcode)) from None
                 continue
             if not ok:
                 raise value
@@ -122,6 +157,17 @@ class Workers:
                 process.kill()
                 process.join()
         self.tasks.cancel_join_thread()
+
+
+def _death_notice(pid: int | None, exit_code: int | None) -> str:
+    if exit_code is not None and exit_code < 0:
+        how = f"was killed by signal {-exit_code} ({signal.strsignal(-exit_code)})"
+    else:
+        how = f"exited with code {exit_code}"
+    return (
+        f"a tokenize worker (pid {pid}) {how} before it finished its rows (out of memory, or "
+        "stopped by hand?); the stage left nothing behind: run the same command again"
+    )
 
 
 def encode_in_order(

@@ -181,6 +181,6 @@ def check_task_data(
         for position, row in zip(positions.tolist(), rows, strict=True):
             if position < CHECKED_ROWS:
                 normal = task.normalise(row, source)
-                task.context(normal)
+                task.context(normal, source)
                 task.label_of(normal, source)  # renders the choices too
     return {split: (size, plan.source(split)) for split, size in plan.sizes.items()}

@@ -30,6 +30,7 @@ from typing import Any
 from ..core.config import PipelineConfig
 from ..core.stage import Stage
 from ..util.files import ensure_writable, read_json, write_json_atomic
+from ..util.secrets import redact
 from .outbox import Outbox
 from .sqlite_store import StoreError, ensure_sqlite_store
 
@@ -37,8 +38,6 @@ log = logging.getLogger(__name__)
 
 RUN_ID_FILE = "mlflow_run.json"
 ARTIFACT_DIR = "mlartifacts"  # the sqlite store's artifacts, next to mlflow.db
-SECRET_WORDS = ("token", "password", "passwd", "secret", "key", "credential", "apikey")
-REDACTED = "***"
 # per HTTP call: 2 retries 1 s and 2 s apart, 30 s to answer (the user's MLFLOW_HTTP_* win)
 HTTP_RETRY_DEFAULTS = {
     "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
@@ -53,26 +52,6 @@ class TrackingError(RuntimeError):
 
 def is_rank_zero() -> bool:
     return int(os.environ.get("RANK", "0")) == 0
-
-
-def is_secret_key(key: str) -> bool:
-    """Whether a key names a secret: one of its ``_``/``-`` separated words is a secret word
-    (``hub_token``, ``api_key``), not merely contains one (``num_virtual_tokens``)."""
-    words = key.lower().replace("-", "_").split("_")
-    return any(word in SECRET_WORDS for word in words)
-
-
-def redact(data: Any, key: str = "") -> Any:
-    """Replace values whose key looks secret (token, password, key, ...) with ***, and the
-    user:password part of URIs."""
-    if isinstance(data, dict):
-        return {k: redact(v, k) for k, v in data.items()}
-    if data is not None and is_secret_key(key):
-        return REDACTED
-    if isinstance(data, str) and "://" in data and "@" in data.split("://", 1)[1].split("/")[0]:
-        scheme, rest = data.split("://", 1)
-        return f"{scheme}://{REDACTED}@{rest.split('@', 1)[1]}"
-    return data
 
 
 def flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:

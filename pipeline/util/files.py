@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
@@ -108,6 +109,24 @@ def ensure_writable(directory: Path, create: bool = True, what: str = "output di
         probe.unlink()
     except OSError as exc:
         raise PermissionError(f"{what} {directory} is not writable: {exc.strerror}") from None
+
+
+def tree_bytes(root: Path) -> int:
+    """The bytes of every file under ``root`` (0 when it is gone)."""
+    return sum(p.stat().st_size for p in Path(root).rglob("*") if p.is_file())
+
+
+def disk_full(stage: str, work: Path, written: int) -> OSError:
+    """The error for a stage that filled its disk: the directory it wrote into, what it had
+    written, what is free there now that its partial output is gone."""
+    free = shutil.disk_usage(work.parent).free
+    return OSError(
+        errno.ENOSPC,
+        f"No space left on device: stage {stage} was writing into {work.parent} and had "
+        f"written {written / 2**20:.1f} MiB when the disk filled; {free / 2**20:.1f} MiB are free "
+        "there now (its partial output removed). Free more than that, or point output_dir at a "
+        "larger disk, and run again",
+    )
 
 
 def peak_rss_mib() -> float:
