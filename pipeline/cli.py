@@ -196,7 +196,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
 def cmd_predict(args: argparse.Namespace) -> int:
     from .core.config import ConfigError
     from .engine.predict import Predictor, exported_task, find_export_dir
-    from .tasks.readers import read_jsonl
+    from .engine.predict_files import is_csv, joined, read_input, render
     from .util.files import write_text_atomic
 
     batch_size = {"batch_size": args.batch_size} if args.batch_size else {}
@@ -204,16 +204,16 @@ def cmd_predict(args: argparse.Namespace) -> int:
     if output is not None and not output.parent.is_dir():
         raise ConfigError(f"--output {output}: {output.parent} is not a directory")
     _, task = exported_task(find_export_dir(args.run))
-    rows = [task.renamed(r) for r in read_jsonl(Path(args.input))]  # the file's column names too
+    rows = read_input(Path(args.input), task)  # JSONL, CSV, TSV or Parquet; its column names too
     if not rows:
         raise ConfigError(f"--input {args.input}: no rows to predict")
     task.check_rows(rows, args.input)  # before the model loads: file and line named
     results = Predictor(args.run).predict(rows, source=args.input, **batch_size)
-    lines = "".join(json.dumps(result) + "\n" for result in results)
+    text = render(joined(task, rows, results), csv_output=is_csv(output))
     if output is not None:
-        write_text_atomic(output, lines)
+        write_text_atomic(output, text)
     else:
-        sys.stdout.write(lines)
+        sys.stdout.write(text)
     return 0
 
 
@@ -292,10 +292,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     validate.set_defaults(func=cmd_validate)
 
-    predict = sub.add_parser("predict", help="score JSONL rows with a trained adapter")
+    predict = sub.add_parser("predict", help="score rows of a file with a trained adapter")
     predict.add_argument("run", help="run directory or export directory")
-    predict.add_argument("--input", required=True, help="JSONL rows with the task's fields")
-    predict.add_argument("--output", help="write JSONL here instead of stdout")
+    predict.add_argument(
+        "--input", required=True, help="rows with the task's fields: .jsonl, .csv, .tsv, .parquet"
+    )
+    predict.add_argument(
+        "--output", help="write here instead of stdout (CSV if it ends in .csv, else JSONL)"
+    )
     predict.add_argument("--batch-size", type=count(1), help="rows per forward pass (default 16)")
     predict.set_defaults(func=cmd_predict)
     return parser

@@ -56,13 +56,28 @@ def preflight(config: PipelineConfig) -> None:
 
 
 def config_warnings(config: PipelineConfig) -> list[str]:
-    """What is allowed but almost surely a mistake."""
-    return [
+    """What is allowed but almost surely a mistake (often an override that left the rest of the
+    recipe behind, e.g. ``--set train.steps=40`` on a 300-step recipe)."""
+    train = config.train
+    warnings = [
         f"train.lr.{group} = {rate:g} is far above any useful rate (≤ {LARGEST_USEFUL_LR:g}): "
         "the loss will freeze or explode"
-        for group, rate in config.train.lr.items()
+        for group, rate in train.lr.items()
         if rate > LARGEST_USEFUL_LR
     ]
+    if train.warmup_steps * 2 >= train.steps:
+        warnings.append(
+            f"train.warmup_steps = {train.warmup_steps} is at least half of train.steps = "
+            f"{train.steps}: the learning rate is still rising for most of the run (about a "
+            f"tenth of the steps is usual: --set train.warmup_steps={max(train.steps // 10, 1)})"
+        )
+    if train.eval_every > train.steps:
+        warnings.append(
+            f"train.eval_every = {train.eval_every} exceeds train.steps = {train.steps}: dev is "
+            "scored once, at the end, so the best-on-dev choice has a single point (set "
+            f"train.eval_every ≤ {train.steps})"
+        )
+    return warnings
 
 
 def check_data(config: PipelineConfig) -> list[str]:
@@ -76,8 +91,32 @@ def check_data(config: PipelineConfig) -> list[str]:
         return ["not read: no data directory (the hub is read when tokenize runs)"]
     from .tasks.splits import CHECKED_ROWS
 
-    lines = [f"{split:<5} {rows:>9,} rows  {source}" for split, (rows, source) in splits.items()]
+    lines = [
+        f"{split:<5} {rows:>9,} rows  {absolute(source)}"
+        for split, (rows, source) in splits.items()
+    ]
     return [*lines, f"fields present; the first {CHECKED_ROWS} rows of each split render"]
+
+
+def absolute(source: str) -> str:
+    """A local file's absolute path; a hub source (``hub:…``) as it is."""
+    return source if source.startswith("hub:") else str(Path(source).resolve())
+
+
+def path_lines(config: PipelineConfig, tracking: str) -> list[str]:
+    """Where the run reads and writes, resolved to absolute paths (docs/pipeline.md#paths:
+    ``output_dir`` and ``task.data_dir`` start at the working directory, ``task.file`` at the
+    config file's directory)."""
+    lines = [f"run directory  {config.run_dir.resolve()}  (output_dir: from the working directory)"]
+    data = config.data_dir()
+    where = "task.data_dir" if config.task.data_dir else "PIPELINE_DATA_DIR"
+    lines.append(
+        f"data directory {data.resolve()}  ({where}: from the working directory)"
+        if data is not None
+        else "data directory none: files as the task names them, else the hub"
+    )
+    lines.append(f"tracking       {tracking}")
+    return lines
 
 
 def deepspeed_lines(config: PipelineConfig) -> list[str]:
@@ -122,7 +161,8 @@ def validate_command(args: argparse.Namespace) -> int:
     config = load_config(args.config, args.set)  # a config with a mistake stops here, at once
     from .tracking.tracker import check_local_store, tracking_uri
 
-    check_local_store(tracking_uri(config))
+    store = tracking_uri(config)
+    check_local_store(store)
     data = ["not read (--no-data)"] if args.no_data else check_data(config)
     from .engine.hardware import configure_threads
     from .engine.planning import plan
@@ -141,6 +181,7 @@ def validate_command(args: argparse.Namespace) -> int:
             yaml.safe_dump(redact(config.to_dict()), sort_keys=False).rstrip(),
             f"# config hash: {config.config_hash}",
         ],
+        ["# paths", *path_lines(config, redact(store))],
         budget_lines(planned),
         ["# data", *data],
         ["# stage plan", *(f"{stage:<9} {status}" for stage, status in stages.items())],

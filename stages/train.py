@@ -39,6 +39,7 @@ from pipeline.engine.backends import build_backend, load_training_base
 from pipeline.engine.batches import BatchStream, TrainingRows, read_shard
 from pipeline.engine.checkpoint import Checkpointer
 from pipeline.engine.distributed import any_rank, init_process_group
+from pipeline.engine.estimate import duration
 from pipeline.engine.evaluation import evaluate_split
 from pipeline.engine.models import context_tokenizer
 from pipeline.engine.scoring import training_batch
@@ -50,6 +51,7 @@ from pipeline.util.files import peak_rss_mib, write_json_atomic
 from pipeline.util.ranks import dist_env
 
 log = logging.getLogger(__name__)
+PACE_AFTER_STEPS = 10  # steps timed before the measured pace is logged
 HISTORY, BEST_ADAPTER, SUMMARY, CURVE = (
     "history.jsonl",
     "best_adapter",
@@ -209,6 +211,23 @@ def check_finite(t: Trainer, loss: float, step: int, progress: Progress) -> None
     )
 
 
+def log_pace(done: int, seconds: float, step: int, train: Any) -> None:
+    """Once the loop has run ``done`` steps: the measured pace and what is left at it (it
+    replaces the estimate made before the run; the progress bar's ETA follows it)."""
+    left = train.steps - step + 1
+    evaluations = sum(1 for s in range(step, train.steps + 1) if s % train.eval_every == 0)
+    evaluations += train.steps % train.eval_every != 0  # the last step is always scored
+    log.info(
+        "train: %.2f s/step over the first %d steps: about %s of steps left (%d), plus %d dev "
+        "evaluation(s)",
+        seconds / done,
+        done,
+        duration(left * seconds / done),
+        left,
+        evaluations,
+    )
+
+
 def loop(t: Trainer, progress: Progress) -> None:
     """The optimiser steps from ``progress.start`` to ``train.steps``."""
     train = t.ctx.config.train
@@ -217,8 +236,11 @@ def loop(t: Trainer, progress: Progress) -> None:
     t.backend.module.train()
     steps = range(progress.start, train.steps + 1)
     bar = tqdm(steps, desc="train", unit="step", mininterval=5, disable=t.rank != 0)
+    loop_started = time.perf_counter()
     try:
         for step in bar:
+            if t.rank == 0 and step - progress.start == PACE_AFTER_STEPS:
+                log_pace(step - progress.start, time.perf_counter() - loop_started, step, train)
             micro = next_micro_batches(t)
             tokens += sum(int(b["attention_mask"].sum()) for b in micro) * t.world
             started = time.perf_counter()

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -276,9 +277,24 @@ def test_a_probe_taken_on_a_busy_machine_says_so_and_is_taken_again_when_idle(
 
     busy = f"on a busy machine, load {float(cpus):.1f} on {cpus} CPUs: likely high"
     assert f"probe just run {busy}" in estimate_line(cpus)
-    assert f"probe cached {busy}" in estimate_line(cpus)  # still busy: the probe is kept
+    line = estimate_line(cpus)
+    assert f"probe cached {busy}" in line  # still busy: the probe is kept
+    assert re.search(r"; total .+ to .+ \(as probed: .+; the machine is busy now", line), line
     assert "probe just run):" in estimate_line(0.0)  # idle now: taken again
-    assert "probe cached):" in estimate_line(cpus)  # an idle probe is kept, whatever the load
+    line = estimate_line(cpus)
+    assert "probe cached):" in line  # an idle probe is kept, whatever the load
+    assert re.search(r"; total .+ to .+ \(as probed: ", line), line  # busy now: a range
+    assert " to " not in estimate_line(0.0)  # idle probe, idle machine: one number
+
+
+def test_the_estimate_is_a_range_by_the_share_other_work_takes() -> None:
+    cpus = os.cpu_count()
+    said = estimate.Estimate({"train": 100.0}, {"train": False}, True, {}, "float32")
+    assert said.total_range() == (100.0, 100.0)
+    said.probe_load, said.load_now = cpus, 0.0  # probed busy, idle now: the probe was high
+    assert said.total_range() == (50.0, 100.0)
+    said.probe_load, said.load_now = 0.0, cpus / 2  # probed idle, half the CPUs taken now
+    assert said.total_range() == (100.0, 150.0)
 
 
 def test_several_ranks_are_not_estimated(tmp_path, tiny_model_dir) -> None:
@@ -300,3 +316,18 @@ def test_estimate_reads_the_cached_tokenize_output(tmp_path, tiny_model_dir) -> 
     assert data.rows == {s: stats[s]["rows"] for s in ("train", "dev", "test")}
     assert data.tokenize_seconds == 0.0
     assert len(data.encoded["train"]["context_ids"]) == min(estimate.SAMPLE_ROWS, 32)
+
+
+def test_the_measured_pace_takes_over_from_the_estimate(caplog) -> None:
+    """Ten steps in, the train loop says its own pace and what is left at it."""
+    from types import SimpleNamespace
+
+    from stages.train import log_pace
+
+    train = SimpleNamespace(steps=300, eval_every=50)
+    with caplog.at_level(logging.INFO, logger="stages.train"):
+        log_pace(10, 20.0, 11, train)  # 10 steps took 20 s; step 11 is next
+    assert (
+        "train: 2.00 s/step over the first 10 steps: about 9 min 40 s of steps left (290), plus "
+        "6 dev evaluation(s)" in caplog.text
+    )

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 
 import mlflow
 import pytest
@@ -76,6 +77,35 @@ def test_predict_takes_the_files_column_names_and_answers_in_its_label_values(
         assert result["label_value"] == ("holds", "fails")[result["label_index"]]
 
 
+def test_predict_reads_a_csv_echoes_its_columns_and_writes_csv(own_csv_run, tmp_path) -> None:
+    """The user's own CSV in, CSV out: every row's id and gold label come back beside its
+    prediction (rows join by id, not by order), and the answers equal the JSONL path's."""
+    import csv
+
+    _, run, _ = own_csv_run
+    rows = tmp_path / "rows.csv"
+    body = "".join(f'{i},"{p}","{c}",{v}\n' for i, (p, c, v) in enumerate(CSV_ROWS[:4], 7))
+    rows.write_text("id," + CSV_HEADER + body)
+    out = tmp_path / "out.csv"
+    assert main(["predict", str(run), "--input", str(rows), "--output", str(out)]) == 0
+    with out.open() as f:
+        written = list(csv.DictReader(f))
+    assert [r["id"] for r in written] == ["7", "8", "9", "10"]
+    assert [r["verdict"] for r in written] == [v for _, _, v in CSV_ROWS[:4]]
+    assert set(written[0]) == {
+        "id", "verdict", "label", "label_value", "label_index", "scores.yes", "scores.no"
+    }  # fmt: skip
+    as_jsonl = tmp_path / "rows.jsonl"
+    as_jsonl.write_text(
+        "".join(json.dumps({"Passage Text": p, "claim": c}) + "\n" for p, c, _ in CSV_ROWS[:4])
+    )
+    expected = tmp_path / "expected.jsonl"
+    assert main(["predict", str(run), "--input", str(as_jsonl), "--output", str(expected)]) == 0
+    results = [json.loads(x) for x in expected.read_text().splitlines()]
+    assert [r["label_value"] for r in written] == [r["label_value"] for r in results]
+    assert [float(r["scores.yes"]) for r in written] == [r["scores"]["yes"] for r in results]
+
+
 def test_predict_checks_its_input_before_the_model_loads(own_csv_run, tmp_path, capsys, caplog):
     _, run, _ = own_csv_run
     rows = tmp_path / "rows.jsonl"
@@ -111,7 +141,9 @@ def test_an_adapter_below_zero_shot_on_dev_is_said_so(own_csv_run, capsys) -> No
 
 
 def test_a_default_run_prints_no_library_chatter(tmp_path, tiny_model_dir) -> None:
-    config = write_config(tmp_path, tiny_model_dir)
+    """Nothing a user need not act on, the merged checkpoint's export included: no DeepSpeed
+    accelerator notice, no MLflow complaint about a model card or licence on the hub."""
+    config = write_config(tmp_path, tiny_model_dir, export={"merged": True})
     proc = pipeline("run", str(config), "--no-probe")
     assert proc.returncode == 0, proc.stderr[-3000:]
     for chatter in (
@@ -121,6 +153,41 @@ def test_a_default_run_prints_no_library_chatter(tmp_path, tiny_model_dir) -> No
         "Downloading artifacts",
         "input example",
         "Traceback",
+        "Setting accelerator",
+        "model card",
+        "license",
     ):
-        assert chatter not in proc.stderr, chatter
+        assert chatter not in proc.stderr + proc.stdout, chatter
+    ours = re.compile(r" WARNING (pipeline|stages)\.")  # the run's own warnings need action
+    assert not [x for x in proc.stderr.splitlines() if "WARNING" in x and not ours.search(x)]
     assert "export    ran" in proc.stdout and "INFO stages.train: step 4 dev" in proc.stderr
+
+
+def test_an_override_that_breaks_the_recipe_is_warned_about(tmp_path, tiny_model_dir, capsys):
+    """`--set train.steps=40` on a recipe with 30 warm-up steps and dev every 50: both said, by
+    validate and by run (before any stage)."""
+    config = write_config(tmp_path, tiny_model_dir, train={"warmup_steps": 30, "eval_every": 50})
+    said = (
+        "train.warmup_steps = 30 is at least half of train.steps = 40",
+        "train.eval_every = 50 exceeds train.steps = 40: dev is scored once, at the end",
+    )
+    assert main(["validate", str(config), "--no-probe", "--set", "train.steps=40"]) == 0
+    out = capsys.readouterr().out
+    assert all(s in out for s in said), out
+    assert main(["validate", str(config), "--no-probe", "--set", "train.steps=400"]) == 0
+    assert "# warnings" not in capsys.readouterr().out
+    proc = pipeline(
+        "run", str(config), "--no-probe", "--stages", "tokenize", "--set", "train.steps=40"
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert all(s in proc.stderr for s in said), proc.stderr[-2000:]
+
+
+def test_validate_prints_the_absolute_paths_it_resolved(tmp_path, tiny_model_dir, capsys) -> None:
+    config = write_config(tmp_path, tiny_model_dir, output_dir="runs")  # relative: to the cwd
+    assert main(["validate", str(config), "--no-probe", "--no-data"]) == 0
+    out = capsys.readouterr().out.split("# paths\n")[1].split("\n\n")[0]
+    from pathlib import Path
+
+    assert f"run directory  {Path.cwd() / 'runs' / 'tiny'}  (output_dir: from the working" in out
+    assert f"tracking       sqlite:///{Path.cwd() / 'runs' / 'mlflow.db'}" in out

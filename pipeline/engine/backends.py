@@ -21,6 +21,7 @@ from safetensors.torch import load_file, save_file
 from ..core.config import PipelineConfig
 from ..core.stage import RunContext
 from ..methods import SoftPromptModel
+from ..util.deepspeed_import import import_deepspeed
 from ..util.files import load_json
 from ..util.ranks import dist_env
 from .checkpoint import rng_state, set_rng_state
@@ -104,7 +105,7 @@ class DeepSpeedBackend:
     """A DeepSpeed engine over the wrapped model (mode a) or over the adapter only (mode b)."""
 
     def __init__(self, model: SoftPromptModel, config: PipelineConfig) -> None:
-        import deepspeed
+        deepspeed = import_deepspeed()
 
         self.rank, self.world_size, _ = dist_env()
         ds_config = fill_ds_config(config, self.world_size)

@@ -7,6 +7,7 @@ from datetime import timedelta
 
 import torch
 
+from ..util.deepspeed_import import import_deepspeed
 from ..util.ranks import dist_env
 
 # how long a rank waits in a collective before the job fails (model loading on a slow node counts)
@@ -21,7 +22,7 @@ def init_process_group() -> None:
     os.environ.update({"RANK": str(rank), "WORLD_SIZE": str(world), "LOCAL_RANK": str(local_rank)})
     os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
     os.environ.setdefault("MASTER_PORT", "29500")
-    import deepspeed
+    deepspeed = import_deepspeed()
 
     backend = "nccl" if torch.cuda.is_available() else "gloo"
     if torch.cuda.is_available():

@@ -287,10 +287,24 @@ class Estimate:
     machine: dict[str, Any]
     dtype: str
     probe_load: float | None = None  # the load average the probe was taken at
+    load_now: float | None = None  # the load average when the estimate was made
 
     @property
     def total(self) -> float:
         return sum(self.seconds.values())
+
+    def total_range(self) -> tuple[float, float]:
+        """(low, high) seconds of the whole run. Work sharing the CPUs slows it by about the
+        share it takes, 1 + load / CPUs: a probe timed on a busy machine is that much high (the
+        low end divides it out); a machine busy now makes the run that much slower (the high
+        end). Both ends are the estimate on an idle machine at an idle probe."""
+        cpus = os.cpu_count() or 1
+        low = high = self.total
+        if is_busy(self.probe_load):
+            low /= 1 + self.probe_load / cpus
+        if is_busy(self.load_now):
+            high *= 1 + self.load_now / cpus
+        return low, high
 
     def line(self) -> str:
         m = self.machine
@@ -299,14 +313,19 @@ class Estimate:
             f"{stage} cached" if self.cached[stage] else f"{stage} {duration(self.seconds[stage])}"
             for stage in self.cached
         ]
+        cpus = os.cpu_count() or 1
         probe = "probe cached" if self.probe_cached else "probe just run"
         if is_busy(self.probe_load):
-            cpus = os.cpu_count() or 1
             probe += f" on a busy machine, load {self.probe_load:.1f} on {cpus} CPUs: likely high"
-        return (
-            f"estimate on this machine ({where}; {probe}): {', '.join(parts)}; "
-            f"total {duration(self.total)}"
-        )
+        low, high = self.total_range()
+        total = f"total {duration(self.total)}"
+        if (low, high) != (self.total, self.total):
+            busy_now = f"; the machine is busy now (load {self.load_now:.1f} on {cpus} CPUs)"
+            total = (
+                f"total {duration(low)} to {duration(high)} (as probed: {duration(self.total)}"
+                f"{busy_now if is_busy(self.load_now) else ''})"
+            )
+        return f"estimate on this machine ({where}; {probe}): {', '.join(parts)}; {total}"
 
 
 def estimate_run(
@@ -333,6 +352,7 @@ def estimate_run(
         describe_machine(),
         config.model.compute_dtype,
         timings.machine_load,
+        machine_load(),
     )
 
 

@@ -161,6 +161,10 @@ def load_model(
     import torch
     from transformers import AutoModelForCausalLM
 
+    from ..util.deepspeed_import import name_deepspeed_accelerator
+
+    name_deepspeed_accelerator()  # before anything (accelerate, transformers) imports DeepSpeed
+
     if dtype not in DTYPES:
         raise ModelLoadError(f"model.dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
     kwargs: dict[str, Any] = {

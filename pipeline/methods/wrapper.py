@@ -132,16 +132,15 @@ class SoftPromptModel(nn.Module):
 
     @shared_prefix.setter
     def shared_prefix(self, wanted: bool) -> None:
+        has_prompt = self.num_virtual_tokens > 0  # without one (LoRA, zero-shot) nothing to say
         supported = shared_prefix_supported(self.base)
-        self._shared_prefix = wanted and supported and self.num_virtual_tokens > 0
-        if wanted and not self._shared_prefix:
-            why = (
-                "this method has no prompt"
-                if self.num_virtual_tokens == 0
-                else f"model type {self.base.config.get_text_config().model_type!r} is not "
-                "verified for it"
+        self._shared_prefix = wanted and supported and has_prompt
+        if wanted and has_prompt and not supported:
+            log.info(
+                "shared prompt prefix off (model type %r is not verified for it): every row "
+                "computes the prompt",
+                self.base.config.get_text_config().model_type,
             )
-            log.info("shared prompt prefix off (%s): every row computes the prompt", why)
         self._prefix_memo = None
 
     def train(self, mode: bool = True) -> SoftPromptModel:

@@ -62,6 +62,7 @@ def log_merged(client: Any, run_id: str, merged_dir: Path, artifact_path: str) -
     """The merged checkpoint (``export.merged``) as a ``transformers`` flavour text-generation
     model beside the pyfunc; it needs neither this package nor its code."""
     import mlflow
+    from huggingface_hub import ModelCard
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     components = {
@@ -75,6 +76,9 @@ def log_merged(client: Any, run_id: str, merged_dir: Path, artifact_path: str) -
             str(local),
             task="text-generation",
             pip_requirements=pinned(["torch", "transformers", "safetensors"]),
+            # the merged directory's own card (base, licence, scores): MLflow would otherwise
+            # look the local path up on the hub and warn that it has no card or licence there
+            model_card=ModelCard.load(merged_dir / "README.md"),
         )
         client.log_artifacts(run_id, str(local), artifact_path)
 
