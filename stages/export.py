@@ -25,7 +25,7 @@ from typing import Any
 
 from safetensors.torch import save_file
 
-from pipeline.core.stage import WHOLE_CONFIG, RunContext, Stage
+from pipeline.core.stage import WHOLE_CONFIG, RunContext, Stage, read_manifest
 from pipeline.engine.merge import MERGED_DIR, merge_adapter, model_card, save_merged
 from pipeline.engine.models import context_base_model, load_model, load_tokenizer
 from pipeline.engine.predict import TASK_FILE
@@ -87,12 +87,14 @@ def run(ctx: RunContext) -> dict[str, Any]:
     if cfg.export.register_model and ctx.tracker is not None and ctx.tracker.enabled:
         from mlflow.exceptions import MlflowException
 
-        from pipeline.tracking.registry import register
+        from pipeline.tracking.registry import ADAPTER_TAG, register
         from pipeline.tracking.tracker import TrackingError
 
         name = cfg.export.registered_model_name or cfg.name
         tags = {
             "config_hash": cfg.config_hash,
+            ADAPTER_TAG: read_manifest(ctx.input_dir("train"))["digest"],
+            "merged": str(bool(cfg.export.merged)).lower(),
             "task": task.name,
             **{f"test_{k}": v for k, v in description["metrics"].items()},
         }

@@ -203,7 +203,7 @@ def test_the_alias_moves_only_to_a_better_dev_score(tmp_path) -> None:
     """One rule for every variant registering under one name: the alias goes to a new version
     only when its dev score beats the holder's (ties keep the holder); a holder registered
     without a dev score yields. Real sqlite registry."""
-    from pipeline.tracking.registry import DEV_SCORE_TAG, claim_alias
+    from pipeline.tracking.registry import ADAPTER_TAG, DEV_SCORE_TAG, claim_alias
 
     db = f"sqlite:///{tmp_path / 'r.db'}"
     client = mlflow.MlflowClient(tracking_uri=db, registry_uri=db)
@@ -225,6 +225,12 @@ def test_the_alias_moves_only_to_a_better_dev_score(tmp_path) -> None:
     client.set_registered_model_alias("sweep", "champion", untagged)
     assert claim_alias(client, "sweep", "champion", new_version(0.1), 0.1) is True
     assert holder() == "7"
+    client.set_model_version_tag("sweep", "7", ADAPTER_TAG, "same-adapter")
+    again = new_version(0.1)  # the same adapter exported again: the alias follows, tie or not
+    assert claim_alias(client, "sweep", "champion", again, 0.1, "same-adapter") is True
+    assert holder() == again
+    other = new_version(0.1)  # another adapter at a tie: the holder stays
+    assert claim_alias(client, "sweep", "champion", other, 0.1, "another-adapter") is False
 
 
 def test_registered_model_names_final_paths_signature_and_lean_requirements(

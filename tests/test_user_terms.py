@@ -191,3 +191,21 @@ def test_validate_prints_the_absolute_paths_it_resolved(tmp_path, tiny_model_dir
 
     assert f"run directory  {Path.cwd() / 'runs' / 'tiny'}  (output_dir: from the working" in out
     assert f"tracking       sqlite:///{Path.cwd() / 'runs' / 'mlflow.db'}" in out
+
+
+def test_exporting_the_same_adapter_again_moves_the_alias_to_the_new_version(
+    tmp_path, tiny_model_dir
+) -> None:
+    """A finished run exported again with `export.merged: true` (train cached): the new version
+    has the merged checkpoint and takes @champion from the version that has none."""
+    config = write_config(tmp_path, tiny_model_dir)
+    assert main(["run", str(config), "--no-probe"]) == 0
+    assert main(["run", str(config), "--no-probe", "--set", "export.merged=true"]) == 0
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'runs' / 'mlflow.db'}")
+    champion = client.get_model_version_by_alias("tiny", "champion")
+    first = client.get_model_version("tiny", "1")
+    assert str(champion.version) == "2" and champion.tags["merged"] == "true"
+    assert champion.tags["adapter_digest"] == first.tags["adapter_digest"]
+    assert first.tags["merged"] == "false"
+    registered = json.loads((tmp_path / "runs" / "tiny" / "export" / "registered.json").read_text())
+    assert registered["version"] == "2" and registered["alias"] == "champion"

@@ -4,6 +4,9 @@ The alias rule (one for every run, sweep variant and study job registering under
 each new version is tagged with its dev score (``dev_score``: the task's selection metric on the
 dev split, never test), and the alias moves to it only when that score beats the current
 holder's; ties keep the holder. A holder without the tag (registered before this rule) yields.
+A version that exports the same trained adapter as the holder (``adapter_digest``: the train
+stage's output digest; a finished run exported again, say with ``export.merged``) takes the
+alias: the newest export of an adapter replaces its older ones.
 """
 
 from __future__ import annotations
@@ -132,10 +135,16 @@ def build_model(export_dir: Path, final_dir: Path, into: Path, description: dict
 
 
 DEV_SCORE_TAG = "dev_score"
+ADAPTER_TAG = "adapter_digest"  # the train stage's output digest: which trained adapter it is
 
 
-def claim_alias(client, name: str, alias: str, version: str, dev_score: float) -> bool:
-    """Point ``alias`` at ``version`` if its dev score beats the holder's; True when it moved."""
+def claim_alias(
+    client, name: str, alias: str, version: str, dev_score: float, adapter: str | None = None
+) -> bool:
+    """Point ``alias`` at ``version`` if its dev score beats the holder's, or if the holder is
+    an earlier export of the same trained adapter (``adapter``: the train stage's digest; e.g.
+    the run exported again with ``export.merged``): the newest export of an adapter replaces
+    its older ones. True when the alias is on ``version``."""
     import mlflow
 
     try:
@@ -143,6 +152,17 @@ def claim_alias(client, name: str, alias: str, version: str, dev_score: float) -
     except mlflow.exceptions.MlflowException:  # no holder yet
         holder = None
     held = holder.tags.get(DEV_SCORE_TAG) if holder is not None else None
+    if holder is not None and adapter is not None and holder.tags.get(ADAPTER_TAG) == adapter:
+        if str(holder.version) != version:
+            log.info(
+                "%s@%s moves from version %s to %s: the same adapter, exported again",
+                name,
+                alias,
+                holder.version,
+                version,
+            )
+            client.set_registered_model_alias(name, alias, version)
+        return True
     if held is not None and dev_score <= float(held):
         log.info("%s@%s stays on version %s (dev %s)", name, alias, holder.version, held)
         return False
@@ -197,6 +217,6 @@ def register(
         version = str(client.create_model_version(name, source, run_id=run_id).version)
     for key, value in {**tags, DEV_SCORE_TAG: dev_score}.items():
         client.set_model_version_tag(name, version, key, str(value))
-    holds = claim_alias(client, name, alias, version, dev_score)
+    holds = claim_alias(client, name, alias, version, dev_score, tags.get(ADAPTER_TAG))
     log.info("registered %s version %s%s", name, version, f" as @{alias}" if holds else "")
     return version, holds
