@@ -86,16 +86,30 @@ def check_data(config: PipelineConfig) -> list[str]:
 
     t = config.task
     limits = {"train": t.train_limit, "dev": t.dev_limit, "test": t.test_limit}
-    splits = check_task_data(t.definition(), config.data_dir(), limits)
-    if splits is None:
+    plan = check_task_data(t.definition(), config.data_dir(), limits)
+    if plan is None:
         return ["not read: no data directory (the hub is read when tokenize runs)"]
     from .tasks.splits import CHECKED_ROWS
 
     lines = [
-        f"{split:<5} {rows:>9,} rows  {absolute(source)}"
-        for split, (rows, source) in splits.items()
+        f"{split:<5} {n:>9,} rows  {absolute(plan.source(split))}"
+        + (one_file_classes(plan.cut, split) if plan.cut else "")
+        for split, n in plan.sizes.items()
     ]
+    if plan.cut:
+        cut = plan.cut
+        by = f"stratified by {cut['stratified_by']}" if cut["stratified_by"] else "not stratified"
+        lines.append(
+            f"one file cut {1 - cut['dev'] - cut['test']:.0%} / {cut['dev']:.0%} / "
+            f"{cut['test']:.0%} (seed {cut['seed']}, {by}); task.*_limit applied after"
+        )
     return [*lines, f"fields present; the first {CHECKED_ROWS} rows of each split render"]
+
+
+def one_file_classes(cut: dict[str, Any], split: str) -> str:
+    """A one-file split's rows per label value: ``  (billing 80, tech 80, shipping 80)``."""
+    classes = cut.get("classes", {}).get(split)
+    return f"  ({', '.join(f'{k} {n}' for k, n in classes.items())})" if classes else ""
 
 
 def absolute(source: str) -> str:

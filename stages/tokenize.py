@@ -62,6 +62,8 @@ def run(ctx: RunContext) -> dict[str, Any]:
             writers[split].add(positions, batch)
             bar.update(batch.num_rows)
     stats: dict[str, Any] = {"task": task.name, "max_length": cfg.task.max_length}
+    if plan.cut is not None:  # one file cut into the splits: how, recorded with the run
+        stats["split"] = plan.cut
     for split, writer in writers.items():
         stats[split] = writer.close().as_dict()
     write_json_atomic(ctx.work_dir / STATS, stats)

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import psutil
 import pytest
+import yaml
 
 from pipeline.cli import main
 from tests.helpers import assert_no_partial_output, pipeline, start_pipeline, write_config
@@ -209,3 +210,29 @@ def test_disk_full_in_tokenize_names_the_directory_and_the_space(tmp_path, tiny_
         assert str(full / "runs" / "tiny") in line
         assert re.search(r"had written \d+\.\d MiB .*; \d+\.\d MiB are free there now", line)
         assert_no_partial_output(full / "runs" / "tiny")
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"split": {"dev": 0.5, "test": 0.5}}, r"split: .*leaves no row to train on"),
+        ({"protocol": "explicit", "split": {"dev": 0.2}}, r"split: only for protocol: split"),
+        ({"files": {"train": {"path": "x.jsonl"}}}, r"protocol split needs exactly \['data'\]"),
+    ],
+    ids=["no-rows-left", "wrong-protocol", "two-files"],
+)
+def test_a_one_file_split_declaration_is_checked_at_load(
+    tmp_path, tiny_model_dir, capsys, changes, message
+) -> None:
+    data = {"data": {"path": str(tmp_path / "data" / "train.jsonl")}}
+    task = own_task(tmp_path, protocol="split", files=data)
+    text = task.read_text()
+    spec = yaml.safe_load(text)
+    if changes.get("protocol") == "explicit":
+        spec["files"] = {s: {"path": str(tmp_path / "data" / f"{s}.jsonl")} for s in TRIPLE}
+    task.write_text(yaml.safe_dump({**spec, **changes}))
+    err = run_cli(capsys, "validate", str(config_with_task(tmp_path, tiny_model_dir, task)))
+    assert "own_task.yaml" in err and re.search(message, err), err
+
+
+TRIPLE = ("train", "dev", "test")

@@ -209,3 +209,82 @@ def test_exporting_the_same_adapter_again_moves_the_alias_to_the_new_version(
     assert first.tags["merged"] == "false"
     registered = json.loads((tmp_path / "runs" / "tiny" / "export" / "registered.json").read_text())
     assert registered["version"] == "2" and registered["alias"] == "champion"
+
+
+TEAMS = ("billing", "tech", "shipping")
+TICKETS = {
+    "billing": "I was charged twice for my order {i}, please refund.",
+    "tech": "The app crashes when I open settings, attempt {i}.",
+    "shipping": "My parcel {i} has not arrived yet, where is it?",
+}
+
+
+@pytest.fixture(scope="module")
+def one_file_task(tmp_path_factory):
+    """A 3-class ticket-routing task in ONE CSV file (20 rows a class, in class blocks)."""
+    tmp = tmp_path_factory.mktemp("one-file")
+    rows = [(TICKETS[team].format(i=i), team) for team in TEAMS for i in range(20)]
+    body = "".join(f'{n},"{text}",{team}\n' for n, (text, team) in enumerate(rows, 1))
+    (tmp / "tickets.csv").write_text("ticket_id,message,team\n" + body)
+    task = {
+        "name": "tickets",
+        "template": "Ticket: {message}\nTeam:",
+        "choices": [" billing", " tech", " shipping"],
+        "label": {"field": "team", "map": {t: i for i, t in enumerate(TEAMS)}},
+        "metrics": ["accuracy"],
+        "protocol": "split",
+        "files": {"data": {"path": "tickets.csv"}},
+        "split": {"dev": 0.1, "test": 0.2},
+    }
+    (tmp / "tickets.yaml").write_text(yaml.safe_dump(task, sort_keys=False))
+    return tmp
+
+
+def one_file_config(tmp, tiny_model_dir, root, num_proc: int):
+    task = {"name": "tickets", "file": str(root / "tickets.yaml"), "data_dir": str(root)}
+    task.update(train_limit=None, dev_limit=None, test_limit=None, num_proc=num_proc)
+    return write_config(tmp, tiny_model_dir, task=task)
+
+
+def test_one_data_file_is_split_stratified_from_validate_to_predict(
+    one_file_task, tiny_model_dir, tmp_path, capsys
+) -> None:
+    config = one_file_config(tmp_path / "a", tiny_model_dir, one_file_task, num_proc=1)
+    assert main(["validate", str(config), "--no-probe"]) == 0
+    out = capsys.readouterr().out
+    for split, n, each in (("train", 42, 14), ("dev", 6, 2), ("test", 12, 4)):
+        counts = f"(billing {each}, tech {each}, shipping {each})"
+        assert re.search(rf"\n{split} +{n} rows  \S+tickets\.csv  {re.escape(counts)}\n", out)
+    assert "one file cut 70% / 10% / 20% (seed 42, stratified by team)" in out
+    assert main(["run", str(config), "--no-probe"]) == 0
+    run = tmp_path / "a" / "runs" / "tiny"
+    stats = json.loads((run / "tokenize" / "stats.json").read_text())
+    assert stats["split"]["rows"] == {"train": 42, "dev": 6, "test": 12}
+    assert stats["split"]["classes"]["test"] == {"billing": 4, "tech": 4, "shipping": 4}
+    lines = {}
+    for split in ("dev", "test"):
+        rows = datasets_rows(run, split)
+        lines[split] = [r["line"] for r in rows]
+    assert not set(lines["dev"]) & set(lines["test"])
+    # the same cut on two tokenize processes
+    other = one_file_config(tmp_path / "b", tiny_model_dir, one_file_task, num_proc=2)
+    assert main(["run", str(other), "--no-probe", "--stages", "tokenize"]) == 0
+    for split in ("dev", "test"):
+        again = datasets_rows(tmp_path / "b" / "runs" / "tiny", split)
+        assert [r["line"] for r in again] == lines[split]
+    # predict straight from the user's own file: its id comes back
+    out_file = tmp_path / "predicted.csv"
+    source = one_file_task / "tickets.csv"
+    assert main(["predict", str(run), "--input", str(source), "--output", str(out_file)]) == 0
+    import csv
+
+    with out_file.open() as f:
+        predicted = list(csv.DictReader(f))
+    assert [r["ticket_id"] for r in predicted] == [str(n) for n in range(1, 61)]
+    assert {r["label_value"] for r in predicted} <= set(TEAMS)
+
+
+def datasets_rows(run, split: str) -> list[dict]:
+    import datasets
+
+    return datasets.load_from_disk(str(run / "tokenize" / split)).to_list()

@@ -31,6 +31,30 @@ def first_present(row: Row, names: FieldNames) -> Any:
     raise KeyError(names)
 
 
+PROTOCOL_FILES = {  # the files each split protocol reads
+    "small": ("train", "validation"),
+    "large": ("train", "validation"),
+    "explicit": ("train", "dev", "test"),
+    "split": ("data",),
+}
+
+
+class OneFileSplit(Strict):
+    """How ``protocol: split`` cuts one file: seeded, stratified by label for classification
+    (each class keeps its share in every split), the rest of the rows train."""
+
+    dev: float = Field(0.1, gt=0, lt=1, description="Fraction of the rows held out as dev.")
+    test: float = Field(0.1, gt=0, lt=1, description="Fraction of the rows held out as test.")
+    seed: int = Field(42, description="Seed of the shuffle that picks them.")
+    stratify: bool = Field(True, description="Per class of the label (classification only).")
+
+    @model_validator(mode="after")
+    def _room_to_train(self) -> OneFileSplit:
+        if self.dev + self.test >= 1:
+            raise ValueError(f"dev + test = {self.dev + self.test:g} leaves no row to train on")
+        return self
+
+
 class Task(Strict):
     """A task. Classification: the model scores each choice continuation after the context.
     Generation: it is trained on the target continuation and evaluated on what it generates
@@ -38,7 +62,8 @@ class Task(Strict):
 
     ``protocol`` is the paper's split rule: ``small`` halves the validation file into dev and
     test; ``large`` holds 1,000 training rows out as dev and tests on validation; ``explicit``
-    reads ``train``, ``dev`` and ``test`` files as given.
+    reads ``train``, ``dev`` and ``test`` files as given; ``split`` cuts one ``data`` file into
+    train, dev and test (``split``: the fractions, the seed, stratified by label).
     """
 
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$", description="The task's name.")
@@ -76,8 +101,11 @@ class Task(Strict):
         None, description="Each choice's number: the prediction is the expected value."
     )
     metrics: tuple[str, ...] = Field(min_length=1)
-    protocol: Literal["small", "large", "explicit"]
+    protocol: Literal["small", "large", "explicit", "split"]
     files: dict[str, DataFile]
+    split: OneFileSplit | None = Field(
+        None, description="protocol split: how the one data file is cut (default 80/10/10)."
+    )
     hub: Hub | None = None
     truncate_field: str | None = Field(
         None, description="The field shortened when a row is too long (never the question)."
@@ -88,8 +116,7 @@ class Task(Strict):
         from .metrics import METRICS
         from .text_metrics import TEXT_METRICS
 
-        explicit = self.protocol == "explicit"
-        wanted = ("train", "dev", "test") if explicit else ("train", "validation")
+        wanted = PROTOCOL_FILES[self.protocol]
         missing = [split for split in wanted if split not in self.files]
         extra = [split for split in self.files if split not in wanted]
         if missing or extra:
@@ -97,6 +124,8 @@ class Task(Strict):
                 f"files: protocol {self.protocol} needs exactly {list(wanted)} "
                 f"(missing {missing}, unexpected {extra})"
             )
+        if self.split is not None and self.protocol != "split":
+            raise ValueError(f"split: only for protocol: split (this task's is {self.protocol})")
         if self.type == "generation":
             self._generation_keys()
         else:

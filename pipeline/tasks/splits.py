@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .base import Row, Task
+from .base import OneFileSplit, Row, Task
 from .readers import DataError
 from .sources import RowSource, hub_sources, local_sources
 
@@ -28,12 +28,13 @@ def row_indices(values: Any, rows: int) -> Any:
 
 
 def protocol_order(
-    task: Task, sizes: dict[str, int], seed: int = SPLIT_SEED
+    task: Task, sizes: dict[str, int], seed: int = SPLIT_SEED, classes: Any = None
 ) -> dict[str, tuple[str, Any]]:
     """{split: (the file it comes from, that file's row indices in the split's order)}, given
     each file's row count. Small tasks: validation shuffled (seed 42) and halved → dev, test.
     Large tasks: 1,000 shuffled training rows are held out as dev; the official validation set
-    is the test set. Explicit: the task's own train/dev/test files."""
+    is the test set. Explicit: the task's own train/dev/test files. Split: one file cut by
+    :func:`one_file_order` (``classes``: each row's class, to stratify by)."""
     import numpy as np  # here: checking a config needs no numpy
 
     def identity(n: int) -> Any:
@@ -41,6 +42,8 @@ def protocol_order(
 
     if task.protocol == "explicit":
         return {split: (split, identity(n)) for split, n in sizes.items()}
+    if task.protocol == "split":
+        return one_file_order(task.split or OneFileSplit(), sizes["data"], classes)
     rng = np.random.default_rng(seed)
     if task.protocol == "small":
         n = sizes["validation"]
@@ -59,6 +62,40 @@ def protocol_order(
     }
 
 
+def one_file_order(how: OneFileSplit, rows: int, classes: Any = None) -> dict[str, tuple]:
+    """The ``data`` file's rows cut into train, dev and test: a seeded shuffle, within each
+    class when ``classes`` (one per row) is given, so every class keeps its share in each
+    split (rounded per class); each split in file order."""
+    import numpy as np
+
+    rng = np.random.default_rng(how.seed)
+    groups = (
+        [np.arange(rows)]
+        if classes is None
+        else [np.flatnonzero(classes == c) for c in np.unique(classes)]
+    )
+    picked: dict[str, list[Any]] = {"train": [], "dev": [], "test": []}
+    for group in groups:
+        shuffled = rng.permutation(group)
+        test, dev = round(how.test * len(group)), round(how.dev * len(group))
+        picked["test"].append(shuffled[:test])
+        picked["dev"].append(shuffled[test : test + dev])
+        picked["train"].append(shuffled[test + dev :])
+    return {
+        split: ("data", row_indices(np.sort(np.concatenate(parts)), rows))
+        for split, parts in picked.items()
+    }
+
+
+def row_classes(task: Task, source: RowSource) -> Any:
+    """Each row's class (its label's choice index) in file order: what a one-file split is
+    stratified by. A row without a usable label is a DataError naming its line, here."""
+    import numpy as np
+
+    where = source.description
+    return np.fromiter((task.label_of(row, where) for row in source.rows()), dtype=np.int32)
+
+
 @dataclass
 class SplitPlan:
     """Where every row of a task's files goes (the protocol split, then the row limits), worked
@@ -67,6 +104,7 @@ class SplitPlan:
     files: dict[str, RowSource]
     counts: dict[str, int]  # rows per file
     order: dict[str, tuple[str, Any]]  # split → (file, its row indices in split order)
+    cut: dict[str, Any] | None = None  # protocol split: how the one file was cut (recorded)
 
     @property
     def sizes(self) -> dict[str, int]:
@@ -89,7 +127,7 @@ class SplitPlan:
         order = {}
         for split, (file, indices) in self.order.items():
             order[split] = (file, indices[np.asarray(positions[split], dtype=np.int64)])
-        return SplitPlan(self.files, self.counts, order)
+        return SplitPlan(self.files, self.counts, order, self.cut)
 
     def routes(self, file: str) -> tuple[list[str], Any, Any]:
         """(split names, per row of ``file`` the index of its split or -1 when no split takes
@@ -140,13 +178,40 @@ def plan_splits(task: Task, data_dir: Path | None, limits: dict[str, int | None]
     local = data_dir is not None or task.hub is None
     files = local_sources(task, data_dir, names) if local else hub_sources(task, names)
     counts = {name: source.count() for name, source in files.items()}
+    how = task.split or OneFileSplit()
+    stratified = task.protocol == "split" and how.stratify and task.type == "classification"
+    classes = row_classes(task, files["data"]) if stratified else None
     order = {}
-    for split, (file, indices) in protocol_order(task, counts).items():
+    for split, (file, indices) in protocol_order(task, counts, classes=classes).items():
         limit = limits.get(split)
         order[split] = (file, indices[:limit] if limit else indices)
         if not len(order[split][1]):
             raise DataError(f"task {task.name}: split {split} is empty ({files[file].description})")
-    return SplitPlan(files, counts, order)
+    cut = one_file_cut(task, how, order, classes) if task.protocol == "split" else None
+    return SplitPlan(files, counts, order, cut)
+
+
+def one_file_cut(task: Task, how: OneFileSplit, order: dict, classes: Any) -> dict[str, Any]:
+    """What a one-file split did, as the run records it (tokenize's stats.json): fractions,
+    seed, what it was stratified by, and each split's rows per label value."""
+    import numpy as np
+
+    cut: dict[str, Any] = {
+        "protocol": "split",
+        **how.model_dump(),
+        "stratified_by": task.label.field if classes is not None else None,
+        "rows": {split: len(indices) for split, (_, indices) in order.items()},
+    }
+    if classes is not None:
+        values = task.label_values()
+        cut["classes"] = {
+            split: {
+                values[c]: int(n)
+                for c, n in enumerate(np.bincount(classes[indices], minlength=len(values)))
+            }
+            for split, (_, indices) in order.items()
+        }
+    return cut
 
 
 def load_task_splits(
@@ -166,12 +231,12 @@ def load_task_splits(
 
 def check_task_data(
     task: Task, data_dir: Path | None, limits: dict[str, int | None]
-) -> dict[str, tuple[int, str]] | None:
+) -> SplitPlan | None:
     """What `pipeline validate` checks in the data, in seconds, before any model loads: every
     split's file is read (streamed), the fields the declaration names exist in its rows, and
     the first rows go through the templates and the label map (a DataError names the file and
-    line). {split: (rows, source)}; None when the data would come from the hub (not read
-    here)."""
+    line). The split plan (its ``sizes``, ``source(split)`` and a one-file ``cut``); None when
+    the data would come from the hub (not read here)."""
     if data_dir is None and task.hub is not None:
         return None
     plan = plan_splits(task, data_dir, limits)
@@ -183,4 +248,4 @@ def check_task_data(
                 normal = task.normalise(row, source)
                 task.context(normal, source)
                 task.label_of(normal, source)  # renders the choices too
-    return {split: (size, plan.source(split)) for split, size in plan.sizes.items()}
+    return plan
