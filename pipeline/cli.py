@@ -1,4 +1,4 @@
-"""The ``pipeline`` command: run, validate, predict, sweep, submit, compare.
+"""The ``pipeline`` command: run, validate, predict, sweep, submit, compare, rest.
 
 Parsing arguments and checking a config import neither torch nor the other heavy libraries
 (transformers, datasets, mlflow, deepspeed): ``--help`` and a config with a mistake answer at
@@ -27,6 +27,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("pipeline")
 EXIT_USAGE = 2  # bad config / input: the message says what to fix
+MAX_BODY_MIB = 32  # pipeline rest's default request cap (tracking/rest.py)
 NO_PROBE_HELP = "skip the time estimate (it times a few steps of the model, once per machine)"
 STAGE_ORDER = ("tokenize", "shard", "train", "evaluate", "export")  # stages/__init__.py's PIPELINE
 
@@ -197,12 +198,16 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from .core.config import ConfigError
     from .engine.predict import Predictor, exported_task, find_export_dir
     from .engine.predict_files import is_csv, joined, read_input, render
-    from .util.files import write_text_atomic
+    from .util.files import ensure_writable, write_text_atomic
 
     batch_size = {"batch_size": args.batch_size} if args.batch_size else {}
     output = Path(args.output) if args.output else None
-    if output is not None and not output.parent.is_dir():
-        raise ConfigError(f"--output {output}: {output.parent} is not a directory")
+    if output is not None:  # before any row is predicted
+        if output.is_dir():
+            raise ConfigError(f"--output {output} is a directory: name the file to write")
+        if not output.parent.is_dir():
+            raise ConfigError(f"--output {output}: {output.parent} is not a directory")
+        ensure_writable(output.parent, create=False, what="--output directory")
     _, task = exported_task(find_export_dir(args.run))
     rows = read_input(Path(args.input), task)  # JSONL, CSV, TSV or Parquet; its column names too
     if not rows:
@@ -214,6 +219,13 @@ def cmd_predict(args: argparse.Namespace) -> int:
         write_text_atomic(output, text)
     else:
         sys.stdout.write(text)
+    return 0
+
+
+def cmd_rest(args: argparse.Namespace) -> int:
+    from .tracking.rest import serve
+
+    serve(args.model_uri, args.host, args.port, args.max_body_mib)
     return 0
 
 
@@ -302,7 +314,28 @@ def build_parser() -> argparse.ArgumentParser:
     )
     predict.add_argument("--batch-size", type=count(1), help="rows per forward pass (default 16)")
     predict.set_defaults(func=cmd_predict)
+
+    add_rest_parser(sub)
     return parser
+
+
+def add_rest_parser(sub) -> None:
+    """``pipeline rest MODEL_URI``: the registered model over HTTP (tracking/rest.py)."""
+    rest = sub.add_parser(
+        "rest", help="serve a registered model over REST (MLflow's scoring server, guarded)"
+    )
+    rest.add_argument(
+        "model_uri", help="e.g. models:/NAME@champion (MLFLOW_TRACKING_URI: its store)"
+    )
+    rest.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    rest.add_argument("--port", type=count(1), default=5001, help="port (default 5001)")
+    rest.add_argument(
+        "--max-body-mib",
+        type=count(1),
+        default=MAX_BODY_MIB,
+        help=f"larger request bodies get HTTP 413 (default {MAX_BODY_MIB})",
+    )
+    rest.set_defaults(func=cmd_rest)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
+import stat
 
 import mlflow
 import pytest
@@ -288,3 +290,33 @@ def datasets_rows(run, split: str) -> list[dict]:
     import datasets
 
     return datasets.load_from_disk(str(run / "tokenize" / split)).to_list()
+
+
+def test_predict_output_is_checked_first_and_written_with_the_umask(
+    own_csv_run, tmp_path, capsys, caplog
+) -> None:
+    _, run, _ = own_csv_run
+    rows = tmp_path / "rows.jsonl"
+    rows.write_text(json.dumps({"Passage Text": "p", "claim": "c"}) + "\n")
+    with caplog.at_level(logging.INFO):
+        assert main(["predict", str(run), "--input", str(rows), "--output", str(tmp_path)]) == 2
+    assert f"--output {tmp_path} is a directory: name the file to write" in capsys.readouterr().err
+    assert "attention implementation" not in caplog.text  # refused before the model loaded
+    out = tmp_path / "out.jsonl"
+    old = os.umask(0o022)
+    try:
+        assert main(["predict", str(run), "--input", str(rows), "--output", str(out)]) == 0
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(out.stat().st_mode) == 0o644
+
+
+def test_a_row_naming_one_field_twice_is_refused(own_csv_run, tmp_path, capsys) -> None:
+    """The file's column ("Passage Text") and the task's name for it ("premise") in one row:
+    which one was meant is not guessed."""
+    _, run, _ = own_csv_run
+    rows = tmp_path / "rows.jsonl"
+    rows.write_text(json.dumps({"Passage Text": "a", "premise": "b", "claim": "c"}) + "\n")
+    assert main(["predict", str(run), "--input", str(rows)]) == 2
+    err = capsys.readouterr().err
+    assert f"{rows}: line 1: both 'Passage Text' (the file's column) and 'premise'" in err, err

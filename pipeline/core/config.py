@@ -24,6 +24,7 @@ from pydantic import (
     model_validator,
 )
 
+from ..util.files import not_a_file
 from ..util.secrets import scrub
 from .section import Section
 from .task_section import TaskSection, task_file_beside
@@ -350,13 +351,25 @@ class PipelineConfig(Section):
         return self.section_hash()
 
 
+INTERNAL_KEYS = {  # filled in by the pipeline; a value from YAML or --set would be overwritten
+    ("model", "dtype_resolved"): "what model.dtype means on this machine, worked out when a run "
+    "starts; set model.dtype instead",
+}
+
+
+def refuse_internal_keys(data: dict[str, Any], path: Path) -> None:
+    for (section, key), what in INTERNAL_KEYS.items():
+        if isinstance(data.get(section), dict) and key in data[section]:
+            raise ConfigError(f"{path}: {section}.{key}: not a config key ({what})")
+
+
 def load_config(
     path: str | os.PathLike, overrides: list[str] | None = None, variant: int | None = None
 ) -> PipelineConfig:
     """Read YAML (safe loader), apply the sweep variant and ``--set`` overrides, validate."""
     path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"config file {path} does not exist")
+    if problem := not_a_file(path, "config file"):
+        raise ConfigError(problem)
     data = read_yaml(path) or {}
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: top level must be a mapping")
@@ -371,6 +384,7 @@ def load_config(
         data["variant"] = f"v{variant:03d}"
     data = task_file_beside(data, path.parent)
     data = apply_overrides(data, overrides or [])
+    refuse_internal_keys(data, path)
     try:
         return PipelineConfig.model_validate(data)
     except ValidationError as exc:  # a secret's value never shows, whatever its type

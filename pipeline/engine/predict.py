@@ -68,7 +68,7 @@ class Predictor:
     ) -> list[dict[str, Any]]:
         """``rows`` keyed by the task's fields or by its files' own column names; errors name
         ``source`` and the row's line (``_line``, else its position from 1)."""
-        rows = [self.task.renamed({"_line": i + 1, **r}) for i, r in enumerate(rows)]
+        rows = [self.task.renamed({"_line": i + 1, **r}, source) for i, r in enumerate(rows)]
         encoded = self.encoder.encode(rows, source, labelled=False)
         if self.task.type == "generation":
             answers = generate_answers(

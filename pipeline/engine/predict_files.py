@@ -20,7 +20,7 @@ ECHO_PREFIX = "input_"  # an echoed column whose name a result key already has
 def read_input(path: Path, task: Task) -> list[Row]:
     """The rows of ``path`` (format by suffix; ``_line``: each row's line or record number),
     keyed as the task names its fields."""
-    return [task.renamed(row) for row in iter_rows(path)]
+    return [task.renamed(row, str(path)) for row in iter_rows(path)]
 
 
 def echoed_columns(task: Task, row: Row) -> dict[str, Any]:

@@ -25,6 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from ..core.config import ConfigError, load_config
 from ..core.yaml_files import read_yaml
+from ..util.files import not_a_file
 
 log = logging.getLogger(__name__)
 
@@ -97,8 +98,8 @@ def method_label(name: str) -> str:
 def load_study(path: str | os.PathLike) -> tuple[StudyConfig, Path]:
     """The validated study and its base config path; every job config is validated too."""
     path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"study file {path} does not exist")
+    if problem := not_a_file(path, "study file"):
+        raise ConfigError(problem)
     try:
         study = StudyConfig.model_validate(read_yaml(path) or {})
     except ValidationError as exc:

@@ -16,7 +16,7 @@ from pydantic import Field, model_validator
 
 from .labels import FieldNames, Label, label_key
 from .readers import DataError, require_fields, require_text
-from .sources import DataFile, Hub, Strict
+from .sources import DataFile, Hub, Strict, rename_fields
 from .templates import format_fields, jinja, row_error
 
 Row = dict[str, Any]
@@ -339,15 +339,11 @@ class Task(Strict):
             )
         return index
 
-    def renamed(self, row: Row) -> Row:
+    def renamed(self, row: Row, source: str = "input") -> Row:
         """A row keyed by its file's own column names, keyed as the task names them (the
-        files' ``rename`` maps); fields already named as the task names them stay."""
+        files' ``rename`` maps); both names of one field in a row: a DataError."""
         renames = {old: new for f in self.files.values() for old, new in f.rename.items()}
-        out = dict(row)
-        for old, new in renames.items():
-            if old in out and new not in out:
-                out[new] = out.pop(old)
-        return out
+        return rename_fields(row, renames, source)
 
     def check_rows(self, rows: Sequence[Row], source: str) -> None:
         """Unlabelled rows to predict: fields present and usable (DataError: file and line)."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 from dataclasses import dataclass
 from typing import Any
@@ -13,6 +14,7 @@ from .readers import DataError
 # offsets in the first pass, since it will likely be cut (English text runs ~4 characters per
 # token); a row cut without them is tokenized a second time.
 LIKELY_CUT_CHARS_PER_TOKEN = 2.5
+CHAR_CUT_MARGIN_TOKENS = 16  # tokens of slack past max_length before a field's text is cut
 
 
 def rust_backend(tokenizer: Any) -> Any:
@@ -82,6 +84,40 @@ class Encoder:
     def __init__(self, task: Task, tokenizer: Any, max_length: int) -> None:
         self.task, self.tokenizer, self.max_length = task, tokenizer, max_length
         self._choice_cache: dict[str, list[int]] = {}
+
+    @functools.cached_property
+    def char_limit(self) -> int:
+        """Characters of one field that can matter: no token stands for more characters than
+        its vocabulary's longest entry, so a field longer than ``max_length`` (+ margin) such
+        tokens has more tokens than any row may hold. Text past this is cut before tokenizing
+        (a multi-megabyte passage is never tokenized whole); the token cut after it keeps the
+        same tokens as without it."""
+        longest = max(map(len, self.tokenizer.get_vocab()), default=1)
+        return (self.max_length + CHAR_CUT_MARGIN_TOKENS) * longest
+
+    def cut_characters(self, row: Row, source: str) -> Row:
+        """``row`` with its truncate field cut to ``char_limit`` characters; another template
+        field longer than that cannot fit at all: a DataError naming it, before tokenizing."""
+        limit = self.char_limit
+        long = [
+            name
+            for name in self.task.template_fields
+            if isinstance(row.get(name), str) and len(row[name]) > limit
+        ]
+        field = self.task.truncate_field
+        for name in long:
+            if name != field:
+                may = (
+                    f"only {field!r} may be shortened"
+                    if field
+                    else f"task {self.task.name} has no field that may be shortened"
+                )
+                raise DataError(
+                    f"{source}: line {row.get('_line', '?')}: field {name!r} holds "
+                    f"{len(row[name]):,} characters, more than task.max_length={self.max_length} "
+                    f"tokens can hold, and {may}"
+                )
+        return {**row, long[0]: row[long[0]][:limit]} if long else row
 
     def check_choices(self) -> None:
         """Distinct choice texts the tokenizer cannot tell apart are a mistake: every row
@@ -228,7 +264,7 @@ class Encoder:
         if keep_source:
             written = [json.dumps(self.task.as_written(r), ensure_ascii=False) for r in rows]
             lines = [int(r.get("_line", i + 1)) for i, r in enumerate(rows)]
-        rows = [self.task.normalise(r, source, labelled) for r in rows]
+        rows = [self.cut_characters(self.task.normalise(r, source, labelled), source) for r in rows]
         context_texts = [self.task.context(r, source) for r in rows]
         generation = self.task.type == "generation"
         columns = ("context_ids", "choice_ids", "label", "gold", "truncated")

@@ -9,12 +9,19 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from ..util.files import not_a_file
+
 Row = dict[str, Any]
 PARQUET_BATCH_ROWS = 8192
+CSV_FIELD_LIMIT = 2**31 - 1  # the largest the csv module takes on every platform (a C long)
+# JSONL: a line holding only these is blank (skipped, not counted); bytes.strip()'s set, so the
+# row count (over bytes) and the reader (over text) agree
+BLANK = " \t\n\r\x0b\x0c"
 
 
 class DataError(ValueError):
@@ -22,8 +29,8 @@ class DataError(ValueError):
 
 
 def _require_file(path: Path) -> None:
-    if not path.is_file():
-        raise DataError(f"data file {path} does not exist")
+    if problem := not_a_file(path, "data file"):
+        raise DataError(problem)
 
 
 def iter_lines(path: Path) -> Iterator[tuple[int, str]]:
@@ -46,8 +53,14 @@ def iter_jsonl(path: Path, wanted: Sequence[bool] | None = None) -> Iterator[Row
     skipped unparsed (they still count)."""
     index = 0
     for line_no, line in iter_lines(path):
-        if not line.strip():
+        if not line.strip(BLANK):
             continue
+        if not line.strip():  # only other invisible characters: counted as a row, not JSON
+            codes = ", ".join(sorted({f"U+{ord(c):04X}" for c in line.strip(BLANK)}))
+            raise DataError(
+                f"{path}: line {line_no}: holds only invisible characters ({codes}), not a JSON "
+                "object; delete the line"
+            )
         index += 1
         if wanted is not None and not wanted[index - 1]:
             continue
@@ -62,7 +75,9 @@ def iter_jsonl(path: Path, wanted: Sequence[bool] | None = None) -> Iterator[Row
 
 
 def _csv_records(path: Path, delimiter: str) -> Iterator[list[str]]:
-    """CSV records (quoted fields may span lines) or TSV ones (GLUE's: no quoting)."""
+    """CSV records (quoted fields may span lines) or TSV ones (GLUE's: no quoting). A field may
+    be as long as a JSONL one: the csv module's default cap (128 KiB) is lifted."""
+    csv.field_size_limit(CSV_FIELD_LIMIT)
     quoting = csv.QUOTE_NONE if delimiter == "\t" else csv.QUOTE_MINIMAL
     lines = (text for _, text in iter_lines(path))
     return csv.reader(lines, delimiter=delimiter, quoting=quoting)
@@ -156,7 +171,7 @@ def count_rows(path: Path, columns: Sequence[str] | None = None) -> int:
     if kind == "jsonl":
         _require_file(path)
         with path.open("rb") as f:
-            return sum(1 for line in f if line.strip())
+            return sum(1 for line in f if line.strip(BLANK.encode()))
     if kind == "parquet":
         return _parquet_file(path).metadata.num_rows
     return sum(1 for _ in iter_delimited(path, columns, "\t" if kind == "tsv" else ","))
@@ -182,5 +197,11 @@ def require_text(row: Row, fields: Sequence[str], path: Path | str) -> None:
     for name in fields:
         value = row[name]
         if not isinstance(value, str):
-            kind = "null" if value is None else f"a {type(value).__name__}, not text"
+            kind = (
+                "null"
+                if value is None
+                else "null or missing (NaN: how pandas holds both)"
+                if isinstance(value, float) and math.isnan(value)
+                else f"a {type(value).__name__}, not text"
+            )
             raise DataError(f"{path}: line {row.get('_line', '?')}: field {name!r} is {kind}")

@@ -10,6 +10,7 @@ import yaml
 from pydantic import ValidationError
 
 from ..util.errors import KeyPathError
+from ..util.files import not_a_file
 from ..util.strict_yaml import load_yaml
 from .readers import DataError
 
@@ -48,8 +49,8 @@ def parse_task(data: Any, where: str) -> Task:
 
 def read_task_file(path: Path) -> dict[str, Any]:
     """The YAML mapping of a task file (errors name the file)."""
-    if not path.is_file():
-        raise TaskDeclarationError(f"task file {path} does not exist")
+    if problem := not_a_file(path, "task file"):
+        raise TaskDeclarationError(problem)
     try:
         data = load_yaml(path.read_text(encoding="utf-8"))  # a key given twice is an error
     except yaml.YAMLError as exc:

@@ -35,12 +35,25 @@ class DataFile(Strict):
 
     def read(self, root: Path | None) -> list[Row]:
         """All its rows (a small file; a large one streams through ``LocalRows``)."""
-        return list(self.renamed(iter_rows(self.location(root), self.columns)))
+        path = self.location(root)
+        return list(self.renamed(iter_rows(path, self.columns), str(path)))
 
-    def renamed(self, rows: Iterator[Row]) -> Iterator[Row]:
+    def renamed(self, rows: Iterator[Row], source: str) -> Iterator[Row]:
         if not self.rename:
             return rows
-        return ({self.rename.get(k, k): v for k, v in row.items()} for row in rows)
+        return (rename_fields(row, self.rename, source) for row in rows)
+
+
+def rename_fields(row: Row, renames: dict[str, str], source: str) -> Row:
+    """``row`` with its columns renamed (``renames``: the file's name → the task's); a row
+    holding both names of one field is ambiguous: a DataError naming both and the line."""
+    for old, new in renames.items():
+        if old in row and new in row and old != new:
+            raise DataError(
+                f"{source}: line {row.get('_line', '?')}: both {old!r} (the file's column) and "
+                f"{new!r} (the task's name for it) are given: keep one"
+            )
+    return {renames.get(k, k): v for k, v in row.items()}
 
 
 class Hub(Strict):
@@ -78,7 +91,7 @@ class LocalRows:
 
     def rows(self, wanted: Sequence[bool] | None = None) -> Iterator[Row]:
         path = self.file.location(self.root)
-        return self.file.renamed(iter_rows(path, self.file.columns, wanted))
+        return self.file.renamed(iter_rows(path, self.file.columns, wanted), str(path))
 
 
 @dataclass

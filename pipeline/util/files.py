@@ -34,13 +34,28 @@ def checksum_tree(root: Path, skip: tuple[str, ...] = (MANIFEST,)) -> dict[str, 
     }
 
 
+def current_umask() -> int:
+    """This process's umask (Linux reports it; elsewhere it is set back at once)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def write_text_atomic(path: Path, text: str) -> None:
-    """Write ``text`` to a temp file beside ``path`` and rename it into place."""
+    """Write ``text`` to a temp file beside ``path`` and rename it into place, with the
+    permissions a plain ``open(path, "w")`` gives (the temp file is private until renamed)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
         with os.fdopen(fd, "w") as f:
             f.write(text)
+        os.chmod(tmp, 0o666 & ~current_umask())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -66,6 +81,14 @@ def atomic_directory(final: Path) -> Iterator[Path]:
     finally:
         if tmp.exists():
             shutil.rmtree(tmp)
+
+
+def not_a_file(path: Path, what: str) -> str | None:
+    """Why ``path`` cannot be read as ``what`` (``config file``, ``study file``, ...): it does not
+    exist, or it is a directory; None when it is a file."""
+    if path.is_file():
+        return None
+    return f"{what} {path} {'is a directory' if path.is_dir() else 'does not exist'}"
 
 
 def read_json(path: Path) -> dict[str, Any] | None:
