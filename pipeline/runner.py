@@ -28,7 +28,7 @@ import yaml
 
 from stages import PIPELINE
 
-from .core.config import PipelineConfig
+from .core.config import LAUNCH_CONFIG_ENV, PipelineConfig
 from .core.stage import RunContext, Stage, StageError, StageResult, read_manifest
 from .engine.distributed import barrier, init_process_group
 from .engine.hardware import with_resolved_dtype
@@ -213,7 +213,8 @@ class Runner:
         clear_marker(launch_dir)
         start = time.perf_counter()
         failures = NodeFailures() if dist.nnodes > 1 else None
-        env = rank_env(dist.nproc_per_node)
+        # the ranks read the resolved config the runner wrote, internal keys included
+        env = {**rank_env(dist.nproc_per_node), LAUNCH_CONFIG_ENV: str(launch_config.resolve())}
         returncode, _ = run_forwarding_signals(command, env, stderr_tap=failures)
         raise_if_marked(launch_dir)
         manifest = read_manifest(self.stage_dir(stage.name))

@@ -1,10 +1,11 @@
 """Export: a self-contained, loadable adapter package.
 
 Inputs:  train/best_adapter, evaluate/metrics.json.
-Outputs: ``adapter/`` (adapter_config.json + adapter_model.safetensors), ``task.json`` (task name,
-         template, verbaliser, max length, base-model reference, test metrics, config hash) and,
+Outputs: ``adapter/`` (PEFT's files for PT and LoRA, pipeline_adapter.json: docs/methods.md),
+         ``task.json`` (task name, template, verbaliser, max length, base-model reference, test
+         metrics, config hash) and,
          with export.fold on ADePT, ``folded_embeddings.safetensors`` (the input-side table with the
-         FFN folded in; the LM head keeps the original table); with export.merged (PT, ADePT),
+         FFN folded in; the LM head keeps the original table); with export.merged (PT, ADePT, LoRA),
          ``merged/``: a standalone Hugging Face model whose prompt is a prefix of m special
          tokens (pipeline/engine/merge.py), with a model card and ``merge.json``.
 Registry: with export.register_model (default) and tracking on, the package is logged as an MLflow
@@ -27,7 +28,12 @@ from safetensors.torch import save_file
 
 from pipeline.core.stage import WHOLE_CONFIG, RunContext, Stage, read_manifest
 from pipeline.engine.merge import MERGED_DIR, merge_adapter, model_card, save_merged
-from pipeline.engine.models import context_base_model, load_model, load_tokenizer
+from pipeline.engine.models import (
+    base_provenance,
+    context_base_model,
+    load_model,
+    load_tokenizer,
+)
 from pipeline.engine.predict import TASK_FILE
 from pipeline.methods import SoftPromptModel
 from pipeline.util.files import write_json_atomic
@@ -95,6 +101,7 @@ def run(ctx: RunContext) -> dict[str, Any]:
             "config_hash": cfg.config_hash,
             ADAPTER_TAG: read_manifest(ctx.input_dir("train"))["digest"],
             "merged": str(bool(cfg.export.merged)).lower(),
+            "base_model": base_provenance(cfg.model.source),
             "task": task.name,
             **{f"test_{k}": v for k, v in description["metrics"].items()},
         }

@@ -208,7 +208,7 @@ def test_task_json_names_the_model_by_absolute_path_and_predict_runs_anywhere(
         ("output_under_a_file", r"--output .*file\.txt/out\.jsonl: .*file\.txt is not a directory"),
         ("corrupt_adapter", r"adapter_model\.safetensors: not a readable safetensors file"),
         ("corrupt_task_json", r"task\.json: corrupt, not valid JSON"),
-        ("corrupt_adapter_config", r"adapter_config\.json: corrupt, not valid JSON"),
+        ("corrupt_adapter_record", r"pipeline_adapter\.json: corrupt, not valid JSON"),
     ],
 )
 def test_predict_bad_input(finished_run, tmp_path, capsys, case, expected) -> None:
@@ -227,7 +227,7 @@ def test_predict_bad_input(finished_run, tmp_path, capsys, case, expected) -> No
     elif case == "corrupt_task_json":
         truncate(export / "task.json", 10)
     else:
-        truncate(export / "adapter" / "adapter_config.json", 10)
+        truncate(export / "adapter" / "pipeline_adapter.json", 10)
     assert main(args) == 2
     err = capsys.readouterr().err
     assert "Traceback" not in err and re.search(expected, err), err

@@ -222,6 +222,8 @@ def test_exported_merged_model_scores_the_test_rows_like_the_adapter(merged_run,
     card = (merged / "README.md").read_text()
     assert record["prefix_text"] in card and "license: gemma" in card
     assert "| accuracy |" in card and "ai.google.dev/gemma/terms" in card
+    source = json.loads((run_dir / "export" / "task.json").read_text())["model"]["source"]
+    assert f"Base model: {source}." in card  # a local base: its path (the default's: its package)
     test = datasets.load_from_disk(str(run_dir / "tokenize" / "test"))
     adapter = [json.loads(x) for x in (run_dir / "evaluate" / "predictions.jsonl").open()]
     job = {"model": str(merged), "prefix_ids": record["ids"]}

@@ -143,9 +143,9 @@ def test_all_stages_write_outputs_and_manifests(finished_run) -> None:
     assert all("train/loss" in h and "train/lr_prompt" in h for h in history)
     assert "dev/accuracy" in history[1] and "dev/accuracy" in history[3]
     adapter = run / "train" / "best_adapter"
-    assert sorted(p.name for p in adapter.iterdir()) == [
-        "adapter_config.json",
+    assert sorted(p.name for p in adapter.iterdir()) == [  # ADePT: PEFT has no such method
         "adapter_model.safetensors",
+        "pipeline_adapter.json",
     ]
     metrics = json.loads((run / "evaluate" / "metrics.json").read_text())
     assert metrics["rows"] == 12

@@ -91,7 +91,7 @@ def test_a_plugin_method_trains_evaluates_and_exports(toy_run) -> None:
     tmp, _, _ = toy_run
     run = tmp / "runs" / "tiny"
     adapter = run / "export" / "adapter"
-    meta = json.loads((adapter / "adapter_config.json").read_text())
+    meta = json.loads((adapter / "pipeline_adapter.json").read_text())
     assert meta["method_config"]["method"] == "toy_gain"
     assert meta["method_module"] == "toy_gain_method"
     assert meta["trainable_parameters"] == 4 * 64 + 1  # its own count: m·d + the gain

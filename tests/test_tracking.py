@@ -81,7 +81,7 @@ def test_run_params_metrics_artifacts(tracked_run) -> None:
         root = (Path(uri.removeprefix("sqlite:///")).parent / "mlartifacts").resolve().as_uri()
         assert run.info.artifact_uri.startswith(root + "/")
     adapter = {Path(a.path).name for a in client.list_artifacts(run_id, "train/best_adapter")}
-    assert adapter == {"adapter_config.json", "adapter_model.safetensors"}
+    assert adapter == {"adapter_model.safetensors", "pipeline_adapter.json"}  # ADePT: no PEFT
 
 
 def test_registered_version_tags_and_alias(tracked_run) -> None:

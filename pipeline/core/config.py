@@ -357,7 +357,14 @@ INTERNAL_KEYS = {  # filled in by the pipeline; a value from YAML or --set would
 }
 
 
+LAUNCH_CONFIG_ENV = "PIPELINE_LAUNCH_CONFIG"  # the resolved config a runner wrote for its ranks
+
+
 def refuse_internal_keys(data: dict[str, Any], path: Path) -> None:
+    """A user's YAML or ``--set`` may not set what the pipeline fills in; the config a runner
+    wrote for its ranks (named by ``$PIPELINE_LAUNCH_CONFIG``) carries them on purpose."""
+    if os.environ.get(LAUNCH_CONFIG_ENV) == str(path.resolve()):
+        return
     for (section, key), what in INTERNAL_KEYS.items():
         if isinstance(data.get(section), dict) and key in data[section]:
             raise ConfigError(f"{path}: {section}.{key}: not a config key ({what})")

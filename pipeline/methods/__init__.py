@@ -46,16 +46,12 @@ MODEL_EXPORTS = (  # defined by the model modules (torch): loaded when first ask
 def __getattr__(name: str) -> Any:
     if name not in MODEL_EXPORTS:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    from .adapter_files import ADAPTER_CONFIG_NAME, ADAPTER_WEIGHTS_NAME
     from .adept.model import ADePT
     from .dept.model import DePT
     from .lora.model import LoRA
     from .prompt_tuning.model import PromptTuning
-    from .wrapper import (
-        ADAPTER_CONFIG_NAME,
-        ADAPTER_WEIGHTS_NAME,
-        SoftPromptModel,
-        SoftPromptOutput,
-    )
+    from .wrapper import SoftPromptModel, SoftPromptOutput
     from .zero_shot import ZeroShot
 
     exports = {

@@ -30,8 +30,8 @@ class MethodConfig:
     can_fold: ClassVar[bool] = False
     """Whether the method folds into the input-embedding table (``export.fold``)."""
     can_merge: ClassVar[bool] = False
-    """Whether ``export.merged`` can turn the adapter into a plain checkpoint (PT, ADePT)."""
-    why_not_mergeable: ClassVar[str] = "only PT and ADePT merge into a plain checkpoint"
+    """Whether ``export.merged`` can turn the adapter into a plain checkpoint (PT, ADePT, LoRA)."""
+    why_not_mergeable: ClassVar[str] = "only PT, ADePT and LoRA merge into a plain checkpoint"
     lives_in_base: ClassVar[bool] = False
     """Whether the trainable weights sit inside the base model's modules (LoRA)."""
     renamed_options: ClassVar[dict[str, str]] = {}

@@ -29,6 +29,15 @@ def strip_lora(base: nn.Module) -> None:
         del base.peft_config
 
 
+def merge_lora(base: nn.Module) -> None:
+    """Add every LoRA update into the weight of the layer it wraps (PEFT's own ``merge``), then
+    take the LoRA layers out: ``base`` is a plain model computing what base + LoRA computed."""
+    for module in base.modules():
+        if _is_lora_layer(module) and hasattr(module, "merge"):
+            module.merge()
+    strip_lora(base)
+
+
 def inject_lora(base: nn.Module, config) -> list[nn.Parameter]:
     """Add LoRA (B = 0, so the model starts as the base) to ``config.target_modules``; the LoRA
     weights are float32 masters whatever the base dtype. ``config``: a resolved ``LoRAConfig``.

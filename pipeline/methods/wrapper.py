@@ -11,7 +11,6 @@ scored positions, on a contiguous tensor (the full-vocabulary head dominates CPU
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from dataclasses import dataclass
@@ -19,24 +18,18 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
 from torch import nn
 
-from ..util.files import CorruptFileError, atomic_directory, load_json
+from .adapter_files import read_adapter_meta, read_adapter_weights, write_adapter
 from .base import MethodConfig
 from .init import init_prompt, seeded
 from .layout import right_align
 from .lora_layers import has_lora
+from .peft_format import peft_config
 from .prefix import Prefix, run_prefix, run_text, shared_prefix_supported
 from .registry import config_from_dict, get_method, method_names
 
 log = logging.getLogger(__name__)
-
-ADAPTER_CONFIG_NAME = "adapter_config.json"
-ADAPTER_WEIGHTS_NAME = "adapter_model.safetensors"
-ADAPTER_FORMAT_VERSION = 2  # 2: LoRA configs carry no prompt fields; methods record their module
-READABLE_FORMAT_VERSIONS = (1, 2)
 
 
 @dataclass
@@ -326,45 +319,25 @@ class SoftPromptModel(nn.Module):
         extra: dict[str, Any] | None = None,
         state: dict[str, torch.Tensor] | None = None,
     ) -> Path:
-        """Write adapter_config.json + adapter_model.safetensors atomically (never the base).
-
-        ``state``: the adapter tensors when they live elsewhere (gathered from ZeRO-3 shards).
-        """
-        directory = Path(directory)
-        with atomic_directory(directory) as tmp:
-            state = self.adapter_state_dict() if state is None else state
-            tensors = {k: v.contiguous().cpu() for k, v in state.items()}
-            save_file(tensors, tmp / ADAPTER_WEIGHTS_NAME, metadata={"format": "pt"})
-            meta = {
-                "format_version": ADAPTER_FORMAT_VERSION,
-                "method_config": self.config.to_dict(),
-                "method_module": get_method(self.config.method).module,
-                "embedding_dim": self.embedding_dim,
-                "vocab_size": self.vocab_size,
-                "base_model": getattr(self.base.config, "_name_or_path", None),
-                "trainable_parameters": self.expected_trainable_parameters(),
-                **(extra or {}),
-            }
-            (tmp / ADAPTER_CONFIG_NAME).write_text(json.dumps(meta, indent=2, sort_keys=True))
-        return directory
+        """Write the adapter atomically, never the base (:mod:`.adapter_files`: PEFT's format
+        for PT and LoRA). ``state``: the adapter tensors when they live elsewhere (gathered
+        from ZeRO-3 shards)."""
+        meta = {
+            "method_config": self.config.to_dict(),
+            "method_module": get_method(self.config.method).module,
+            "embedding_dim": self.embedding_dim,
+            "vocab_size": self.vocab_size,
+            "base_model": getattr(self.base.config, "_name_or_path", None),
+            "trainable_parameters": self.expected_trainable_parameters(),
+            **(extra or {}),
+        }
+        state = self.adapter_state_dict() if state is None else state
+        return write_adapter(Path(directory), meta, state, peft_config(self))
 
     @staticmethod
     def read_adapter_config(directory: str | os.PathLike) -> dict[str, Any]:
-        """The adapter's metadata; refuses a format this code does not read."""
-        path = Path(directory) / ADAPTER_CONFIG_NAME
-        if not path.is_file():
-            raise FileNotFoundError(f"{path}: no adapter config (expected {ADAPTER_CONFIG_NAME})")
-        meta = load_json(path)
-        version = meta.get("format_version")
-        if version not in READABLE_FORMAT_VERSIONS:
-            raise ValueError(
-                f"{path}: adapter format_version {version!r}; this pipeline reads "
-                f"{', '.join(map(str, READABLE_FORMAT_VERSIONS))} (re-export it with this version)"
-            )
-        if version == 1 and meta["method_config"].get("method") == "lora":
-            for key in ("num_virtual_tokens", "prompt_init", "prompt_init_text"):
-                meta["method_config"].pop(key, None)  # v1 LoRA configs carried unused prompt keys
-        return meta
+        """The adapter's metadata (any readable format); refuses one this code does not read."""
+        return read_adapter_meta(Path(directory))
 
     @classmethod
     def from_pretrained(
@@ -381,11 +354,7 @@ class SoftPromptModel(nn.Module):
             )
         model_class = get_method(config.method).model_class
         model = model_class(base, config, shared_prefix=shared_prefix, _init_prompt=False)
-        weights_file = Path(directory) / ADAPTER_WEIGHTS_NAME
-        try:
-            weights = load_file(weights_file)
-        except (OSError, SafetensorError) as exc:
-            raise CorruptFileError(f"{weights_file}: unreadable adapter weights ({exc})") from None
+        weights = read_adapter_weights(Path(directory), meta)
         missing = set(model.adapter_state_dict()) ^ set(weights)
         if missing:
             raise ValueError(f"{directory}: adapter tensors do not match: {sorted(missing)}")

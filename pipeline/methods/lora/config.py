@@ -19,6 +19,7 @@ class LoRAConfig(MethodConfig):
     method: ClassVar[str] = "lora"
     learning_rates: ClassVar[dict[str, float]] = {"lora": 1e-4}
     lives_in_base: ClassVar[bool] = True
+    can_merge: ClassVar[bool] = True  # the updates go into the projections' weights
     renamed_options: ClassVar[dict[str, str]] = {"lora_targets": "target_modules"}
 
     budget_tokens: int = field(
