@@ -204,10 +204,31 @@ def main_job(rows: list[dict]) -> list[str]:
     ]
 
 
+def lm_eval_agreement(rows: list[dict]) -> list[str]:
+    """lm-evaluation-harness on the exported artefacts against `pipeline evaluate`."""
+    lines = [
+        f"Measured on {machine(rows[0])}; lm-eval {rows[0]['lm_eval']}, `--model hf`, float32, "
+        "offline, over a local task YAML of each run's scored test rows "
+        "(`python bench/lm_eval_agreement.py RUN_DIR...`).",
+        "",
+        "| run | method | lm-eval on | rows | lm-eval acc | `pipeline evaluate` acc | rows "
+        "predicted differently |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['run']} | {LABELS.get(r['method'], r['method'])} | "
+            f"{r['engine'].removeprefix('lm-eval hf, ')} | {r['rows']} | {r['lm_eval_acc']:.4f} | "
+            f"{r['pipeline_acc']:.4f} | {r['rows_predicted_differently']} |"
+        )
+    return lines
+
+
 RENDERERS: dict[str, tuple[str, Callable[[list[dict]], list[str]]]] = {
     "cli_startup": ("cli_startup", cli_startup),
     "estimate_accuracy": ("estimate_accuracy", estimate_accuracy),
     "main_job": ("estimate_accuracy", main_job),
+    "lm_eval_agreement": ("lm_eval_agreement", lm_eval_agreement),
     "study_costs": ("study_costs", study_costs),
     "tokenize_scale": ("tokenize_scale", tokenize_scale),
 }
