@@ -72,7 +72,7 @@ def test_benchmark_tables_are_rendered_from_their_json_lines() -> None:
         blocks[path.name] = [name for _, name, _ in tables.BLOCK.findall(page)]
         assert tables.rendered_page(page) == page, path
     assert blocks == {
-        "benchmarks.md": ["cli_startup", "estimate_accuracy"],
+        "benchmarks.md": ["cli_startup", "estimate_accuracy", "lm_eval_agreement"],
         "study.md": ["study_costs"],
         "tasks.md": ["tokenize_scale"],
         "README.md": ["main_job", "tokenize_scale"],
