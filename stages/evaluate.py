@@ -12,20 +12,22 @@ Outputs: ``metrics.json`` (test metrics of the trained adapter and, when eval.ze
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
 import time
+from pathlib import Path
 from typing import Any
 
 import datasets
 from tqdm.auto import tqdm
 
-from pipeline.core.stage import RunContext, Stage
+from pipeline.core.stage import RunContext, Stage, read_manifest
 from pipeline.engine.evaluation import evaluate_split
-from pipeline.engine.models import context_base_model, context_tokenizer
+from pipeline.engine.models import base_identity, cache_dir, context_base_model, context_tokenizer
 from pipeline.methods import SoftPromptModel, ZeroShot
-from pipeline.util.files import peak_rss_mib, write_json_atomic
+from pipeline.util.files import peak_rss_mib, read_json, write_json_atomic
 
 METRICS, TIMING, PREDICTIONS = "metrics.json", "timing.json", "predictions.jsonl"
 log = logging.getLogger(__name__)
@@ -44,7 +46,9 @@ def run(ctx: RunContext) -> dict[str, Any]:
             base, adapter_dir, shared_prefix=cfg.model.shared_prefix_in_evaluation
         )
     }
-    if cfg.eval.zero_shot:
+    cache = zero_shot_cache(ctx) if cfg.eval.zero_shot else None
+    known = read_json(cache) if cache is not None else None
+    if cfg.eval.zero_shot and known is None:
         models["zero_shot"] = lambda: ZeroShot(base)
     results: dict[str, Any] = {"task": task.name, "split": "test", "rows": len(test)}
     timing: dict[str, float] = {}
@@ -61,9 +65,27 @@ def run(ctx: RunContext) -> dict[str, Any]:
             with open(ctx.work_dir / PREDICTIONS, "w") as f:
                 f.writelines(json.dumps(r) + "\n" for r in rows)
         ctx.log_metrics({f"test/{name}/{k}": v for k, v in metrics.items()}, None)
+    if known is not None:  # the bare base scored these rows before: same key, same scores
+        log.info("zero-shot: scores reused from %s", cache)
+        results["zero_shot"] = known["test"]
+        timing.update(zero_shot_seconds_per_batch=known["seconds_per_batch"], zero_shot_cached=1)
+        ctx.log_metrics({f"test/zero_shot/{k}": v for k, v in known["test"].items()}, None)
     if cfg.eval.zero_shot:
-        dev = datasets.load_from_disk(str(ctx.input_dir("tokenize") / "dev"))
-        dev_metrics, _ = evaluate_split(ZeroShot(base), task, dev, tokenizer, cfg.eval.batch_size)
+        if known is None:
+            dev = datasets.load_from_disk(str(ctx.input_dir("tokenize") / "dev"))
+            dev_metrics, _ = evaluate_split(
+                ZeroShot(base), task, dev, tokenizer, cfg.eval.batch_size
+            )
+            write_json_atomic(
+                cache,
+                {
+                    "test": results["zero_shot"],
+                    "dev": dev_metrics,
+                    "seconds_per_batch": timing["zero_shot_seconds_per_batch"],
+                },
+            )
+        else:
+            dev_metrics = known["dev"]
         results["dev_zero_shot"] = dev_metrics
         ctx.log_metrics({f"dev/zero_shot/{k}": v for k, v in dev_metrics.items()}, None)
         results.update(compare_on_dev(ctx, task, dev_metrics))
@@ -71,6 +93,28 @@ def run(ctx: RunContext) -> dict[str, Any]:
     write_json_atomic(ctx.work_dir / METRICS, results)
     write_json_atomic(ctx.work_dir / TIMING, {"batch_size": cfg.eval.batch_size, **timing})
     return {k: v for k, v in results.items() if k in ("adapter", "zero_shot")}
+
+
+ZERO_SHOT_VERSION = 1  # raised when scoring changes the scores of the same rows
+
+
+def zero_shot_cache(ctx: RunContext) -> Path:
+    """Where the bare base's test and dev scores of this run's rows are kept, keyed by what they
+    depend on: the tokenized rows (the tokenize stage's digest: task rows, template, choices,
+    tokenizer), the base's weights, dtype, attention, 8-bit, batch size and the scoring code's
+    version. A second run, another method or a study job with the same key reuses them."""
+    m, tokenized = ctx.config.model, read_manifest(ctx.input_dir("tokenize"))
+    keyed = {
+        "tokenized": tokenized["digest"],
+        "base": base_identity(m.source),
+        "dtype": m.compute_dtype,
+        "attention": m.attention,
+        "int8": m.load_in_8bit,
+        "batch_size": ctx.config.eval.batch_size,
+        "version": ZERO_SHOT_VERSION,
+    }
+    key = hashlib.sha256(json.dumps(keyed, sort_keys=True).encode()).hexdigest()[:24]
+    return cache_dir() / "zero_shot" / f"{key}.json"
 
 
 def compare_on_dev(ctx: RunContext, task, zero_shot: dict[str, float]) -> dict[str, Any]:

